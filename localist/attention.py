@@ -1,0 +1,157 @@
+"""Localist self-attention for stock transformers models, through the v5 attention interface.
+
+The model's forward is called with ``locality=LocalityContext(...)``; transformers passes that
+keyword down to every attention layer, which looks up its own lambda by ``module.layer_idx``.
+Without a context the function is plain causal SDPA, so a localist model is still a normal
+GPT-2 for generation or any other use.
+
+Fast path (training, bias mechanism): one SDPA call per layer with a mask built once per batch
+for each distinct lambda - lambda 0 uses SDPA's own causal kernel, lambda 1 a boolean
+block-causal mask, anything in between an additive log(1 - lambda) bias on cross-block pairs.
+Attention probabilities are materialised only when statistics are collected (evaluation) or
+the penalty mechanism needs the out-of-block mass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "localist"
+
+
+@dataclass
+class LayerStats:
+    """Running sums for one layer; means are taken at the end, never over stored maps."""
+
+    entropy_bits: float = 0.0
+    entropy_norm: float = 0.0
+    in_block_mass: float = 0.0
+    count: int = 0
+
+    def means(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        return {"entropy_bits": self.entropy_bits / n, "entropy_norm": self.entropy_norm / n,
+                "in_block_mass": self.in_block_mass / n}
+
+
+@dataclass
+class LocalityContext:
+    """Everything the attention layers need for one forward pass."""
+
+    lambdas: list[float]
+    block: torch.Tensor | None = None  # (B, T) block ids; None for the window partitioner
+    window: int | None = None
+    mechanism: str = "bias"
+    collect_stats: bool = False
+    sample_layers: tuple[int, ...] = ()  # layers whose head-mean map of sequence 0 is kept
+    sample_len: int = 64
+    stats: dict[int, LayerStats] = field(default_factory=dict)
+    samples: dict[int, torch.Tensor] = field(default_factory=dict)
+    penalty_terms: list[torch.Tensor] = field(default_factory=list)
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    def lam(self, layer: int) -> float:
+        return self.lambdas[layer]
+
+    def in_block(self, T: int, device) -> torch.Tensor:
+        key = ("inblock", T, str(device))
+        if key not in self._masks:
+            if self.window is not None:
+                pos = torch.arange(T, device=device)
+                m = ((pos[:, None] - pos[None, :]) < self.window)[None, None]
+            else:
+                b = self.block.to(device)
+                m = (b[:, :, None] == b[:, None, :])[:, None]
+            self._masks[key] = m
+        return self._masks[key]
+
+    def mask(self, lam: float, T: int, device, dtype, boolean_hard: bool = True) -> torch.Tensor:
+        """SDPA mask for one lambda, built once per batch and shared by all layers with that lambda.
+
+        Lambda 1 gives a boolean block-causal mask (SDPA's efficient masked kernels) unless an
+        additive one is asked for; otherwise 0 in block, log(1 - lambda) across, -inf above the
+        diagonal.
+        """
+        hard = lam >= 1.0 and boolean_hard
+        key = ("mask", lam, T, str(device), None if hard else dtype)
+        if key not in self._masks:
+            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+            allowed = causal & self.in_block(T, device)
+            if hard:
+                m = allowed
+            else:
+                bias = torch.full((), math.log1p(-lam) if lam < 1.0 else float("-inf"), dtype=dtype, device=device)
+                zero = torch.zeros((), dtype=dtype, device=device)
+                ninf = torch.full((), float("-inf"), dtype=dtype, device=device)
+                m = torch.where(causal, torch.where(allowed, zero, bias), ninf)
+            self._masks[key] = m
+        return self._masks[key]
+
+
+def _sdpa(query, key, value, mask, dropout, scaling, causal):
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
+                                         is_causal=causal and mask is None, scale=scaling)
+    return out.transpose(1, 2).contiguous()
+
+
+def _explicit(module, ctx: LocalityContext, lam: float, query, key, value, dropout, scaling):
+    """Attention with the probabilities in hand: statistics and/or the penalty term."""
+    T = query.shape[-2]
+    layer = module.layer_idx
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scaling
+    causal = torch.ones(T, T, dtype=torch.bool, device=query.device).tril()
+    inblock = ctx.in_block(T, query.device)
+    if ctx.mechanism == "bias" and lam > 0:
+        scores = scores + ctx.mask(lam, T, query.device, torch.float32, boolean_hard=False)
+    else:
+        scores = scores.masked_fill(~causal, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    out_block = (probs * (causal & ~inblock)).sum(-1)  # (B, H, T)
+    if ctx.mechanism == "penalty" and lam > 0 and module.training:
+        ctx.penalty_terms.append(lam * out_block.mean())
+    if ctx.collect_stats:
+        with torch.no_grad():
+            entropy = -torch.special.xlogy(probs, probs).sum(-1) / math.log(2)  # bits, (B, H, T)
+            visible = torch.arange(1, T + 1, device=query.device, dtype=torch.float32)
+            rows = visible >= 2  # a query that sees one key has no choice to measure
+            st = ctx.stats.setdefault(layer, LayerStats())
+            n = int(rows.sum()) * probs.shape[0] * probs.shape[1]
+            st.entropy_bits += float(entropy[..., rows].sum())
+            st.entropy_norm += float((entropy[..., rows] / torch.log2(visible[rows])).sum())
+            st.in_block_mass += float((1.0 - out_block[..., rows]).sum())
+            st.count += n
+            if layer in ctx.sample_layers:
+                S = min(ctx.sample_len, T)
+                ctx.samples[layer] = probs[0, :, :S, :S].mean(0).cpu()
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs.to(value.dtype), value)
+    return out.transpose(1, 2).contiguous()
+
+
+def localist_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                       scaling: float | None = None, **kwargs):
+    ctx: LocalityContext | None = kwargs.get("locality")
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    if ctx is None or q_len != k_len:  # plain use (generation with a cache, no locality)
+        causal = attention_mask is None and q_len > 1
+        return _sdpa(query, key, value, attention_mask, dropout, scaling, causal), None
+    lam = ctx.lam(module.layer_idx)
+    needs_probs = ctx.collect_stats or (ctx.mechanism == "penalty" and lam > 0 and module.training)
+    if needs_probs:
+        return _explicit(module, ctx, lam, query, key, value, dropout, scaling), None
+    if lam == 0.0 or ctx.mechanism == "penalty":
+        return _sdpa(query, key, value, None, dropout, scaling, True), None
+    mask = ctx.mask(lam, q_len, query.device, query.dtype)
+    return _sdpa(query, key, value, mask, dropout, scaling, False), None
+
+
+def register() -> None:
+    """Make 'localist' a valid attn_implementation in this process (needed in every Ray worker)."""
+    AttentionInterface.register(NAME, localist_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -1,0 +1,96 @@
+"""Block partitioners: which keys count as "in block" for each query.
+
+Blocks are computed per training sequence from the positions where a sentence or paragraph
+starts (found in the text, mapped to tokens through offsets), so they are deterministic and
+the same at training and evaluation time. The `window` partitioner needs no ids: its band is
+purely positional.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+# A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before white space,
+# or at a paragraph break. Verse numbers and line breaks inside a paragraph are not ends.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n\s*\n")
+
+
+def sentence_starts(text: str) -> np.ndarray:
+    """Character offsets at which a new sentence (or paragraph) begins."""
+    starts = []
+    n = len(text)
+    for m in _SENTENCE_END.finditer(text):
+        i = m.end()
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n:
+            starts.append(i)
+    return np.unique(np.asarray(starts, dtype=np.int64))
+
+
+def token_boundaries(token_starts: np.ndarray, char_starts: np.ndarray) -> np.ndarray:
+    """Boolean per token: True where the token is the first one at or after a sentence start."""
+    flags = np.zeros(len(token_starts), dtype=bool)
+    if len(char_starts) and len(token_starts):
+        idx = np.searchsorted(token_starts, char_starts, side="left")
+        flags[idx[idx < len(token_starts)]] = True
+    return flags
+
+
+def sentence_blocks(boundary: np.ndarray) -> np.ndarray:
+    """Block id per token: a new block at every sentence start (position 0 always starts one)."""
+    b = boundary.copy()
+    if len(b):
+        b[0] = False
+    return np.cumsum(b).astype(np.int32)
+
+
+def semantic_blocks(boundary: np.ndarray, min_len: int, max_len: int) -> np.ndarray:
+    """Adaptive blocks: cut at sentence starts, merging short sentences and splitting long
+    ones so that every block has between min_len and max_len tokens.
+
+    Greedy: from the current start, cut at the first sentence start at least min_len tokens
+    later, or at max_len when none comes in time. A short tail is merged into the previous
+    block, or, when that would be too long, the two are split evenly (needs max_len >=
+    2*min_len - 1, which the config enforces). Only a whole sequence shorter than min_len
+    yields a shorter block.
+    """
+    n = len(boundary)
+    cand = np.flatnonzero(boundary)
+    lengths: list[int] = []
+    start = 0
+    while n - start > max_len:
+        lo, hi = start + min_len, start + max_len
+        k = np.searchsorted(cand, lo, side="left")
+        cut = int(cand[k]) if k < len(cand) and cand[k] <= hi else hi
+        lengths.append(cut - start)
+        start = cut
+    tail = n - start
+    if tail:
+        if tail >= min_len or not lengths:
+            lengths.append(tail)
+        elif lengths[-1] + tail <= max_len:
+            lengths[-1] += tail
+        else:
+            total = lengths.pop() + tail
+            lengths += [total - total // 2, total // 2]
+    return np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+
+
+def block_ids(boundary: np.ndarray, partition: str, min_len: int, max_len: int) -> np.ndarray:
+    if partition == "semantic":
+        return semantic_blocks(boundary, min_len, max_len)
+    if partition == "sentence":
+        return sentence_blocks(boundary)
+    return np.zeros(len(boundary), dtype=np.int32)  # window: ids unused
+
+
+def in_block(block: torch.Tensor | None, seq_len: int, window: int | None, device=None) -> torch.Tensor:
+    """Boolean (B or 1, 1, T, T): key j is in query i's block. Causality is applied separately."""
+    if window is not None:
+        pos = torch.arange(seq_len, device=device)
+        return ((pos[:, None] - pos[None, :]) < window)[None, None]
+    return (block[:, :, None] == block[:, None, :])[:, None]

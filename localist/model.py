@@ -1,0 +1,33 @@
+"""Stock transformers causal LMs with the localist attention selected - no forked model code."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
+from localist.attention import NAME, register
+from localist.config import ModelConfig
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, seed: int) -> PreTrainedModel:
+    """'tiny': a GPT-2 built from the config (seeded init); anything else: from_pretrained."""
+    register()
+    if cfg.name == "tiny":
+        config = GPT2Config(
+            vocab_size=vocab_size, n_positions=seq_len, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+            n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+            bos_token_id=0, eos_token_id=0,
+        )
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+        model.set_attn_implementation(NAME)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(cfg.name, attn_implementation=NAME)
+        limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        if limit and seq_len > limit:
+            raise ValueError(f"data.seq_len: {seq_len} exceeds {cfg.name}'s context of {limit} tokens")
+    return model
+
+
+def n_layers(model: PreTrainedModel) -> int:
+    return int(model.config.num_hidden_layers)

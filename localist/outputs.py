@@ -1,0 +1,58 @@
+"""The Parquet files of one trial. Column names are a contract: the README documents each one."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+
+import pyarrow as pa
+
+from localist import io
+from localist.config import TrialConfig
+
+STEP_COLUMNS = ["trial_id", "step", "split", "loss", "ppl", "lr", "tokens_seen", "elapsed_s"]
+LAYER_COLUMNS = ["trial_id", "step", "layer", "lambda", "entropy_bits", "entropy_norm", "in_block_mass"]
+ATTENTION_COLUMNS = ["trial_id", "layer", "query", "key", "weight", "token"]
+
+_SCHEMAS = {
+    "steps": pa.schema([("trial_id", pa.string()), ("step", pa.int64()), ("split", pa.string()),
+                        ("loss", pa.float64()), ("ppl", pa.float64()), ("lr", pa.float64()),
+                        ("tokens_seen", pa.int64()), ("elapsed_s", pa.float64())]),
+    "layers": pa.schema([("trial_id", pa.string()), ("step", pa.int64()), ("layer", pa.int64()),
+                         ("lambda", pa.float64()), ("entropy_bits", pa.float64()),
+                         ("entropy_norm", pa.float64()), ("in_block_mass", pa.float64())]),
+    "attention": pa.schema([("trial_id", pa.string()), ("layer", pa.int64()), ("query", pa.int64()),
+                            ("key", pa.int64()), ("weight", pa.float64()), ("token", pa.string())]),
+}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("localist", "torch", "transformers", "accelerate", "ray", "pyarrow"):
+        try:
+            out[f"version.{pkg}"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[f"version.{pkg}"] = ""
+    return out
+
+
+def _table(kind: str, trial_id: str, rows: list[dict]) -> pa.Table:
+    schema = _SCHEMAS[kind]
+    cols = {name: [trial_id] * len(rows) if name == "trial_id" else [r[name] for r in rows]
+            for name in schema.names}
+    return pa.table(cols, schema=schema)
+
+
+def trial_row(trial_id: str, cfg: TrialConfig, summary: dict) -> dict:
+    flat = {k: (str(v) if isinstance(v, list) else v) for k, v in cfg.flat().items()}
+    return {"trial_id": trial_id, **flat, **summary, **versions()}
+
+
+def write_trial(out: str, trial_id: str, cfg: TrialConfig, summary: dict, steps: list[dict],
+                layers: list[dict], attention: list[dict]) -> dict:
+    """steps, layers and attention first; trial.parquet last, so its presence means 'complete'."""
+    io.write_parquet(_table("steps", trial_id, steps), io.join(out, "steps.parquet"))
+    io.write_parquet(_table("layers", trial_id, layers), io.join(out, "layers.parquet"))
+    io.write_parquet(_table("attention", trial_id, attention), io.join(out, "attention.parquet"))
+    row = trial_row(trial_id, cfg, summary)
+    io.write_parquet(pa.Table.from_pylist([row]), io.join(out, "trial.parquet"))
+    return row

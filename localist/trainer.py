@@ -1,0 +1,296 @@
+"""One localist trial: an Accelerate fine-tuning loop that writes tidy Parquet results.
+
+Batches are drawn by step number from a seeded generator, so a resumed trial sees exactly the
+batches an uninterrupted one would; together with Accelerate's saved optimizer, scheduler and
+RNG state this makes a resumed trial end where an undisturbed one ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from localist import faults, io, outputs
+from localist.attention import LocalityContext
+from localist.config import TrialConfig
+from localist.data import Dataset, prepare
+from localist.model import build_model, n_layers
+from localist.schedules import layer_lambdas
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrialResult:
+    status: str  # completed | diverged | errored
+    eval_loss: float
+    eval_ppl: float
+    out: str
+    row: dict = field(default_factory=dict)
+
+
+def _precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def _optimizer(model, cfg: TrialConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not biases, norms or embeddings' bias terms)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available()
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), fused=fused)
+
+
+class Trainer:
+    def __init__(self, cfg: TrialConfig, out: str, trial_id: str = "trial", log: Callable[[str], None] = print,
+                 extra: dict | None = None):
+        self.cfg, self.out, self.trial_id, self.log = cfg, out, trial_id, log
+        self.extra = extra or {}
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.accel = Accelerator(mixed_precision=_precision(t.precision), gradient_accumulation_steps=t.grad_accum)
+        self.device = self.accel.device
+        set_seed(cfg.seed)
+        tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
+        self.data: Dataset = prepare(cfg.data, tokenizer, log=log)
+        model = build_model(cfg.model, self.data.vocab_size, cfg.data.seq_len, cfg.seed)
+        self.n_layer = n_layers(model)
+        self.lambdas = layer_lambdas(cfg.locality, self.n_layer)
+        self.window = cfg.locality.window if cfg.locality.partition == "window" else None
+        self.train_blocks = torch.from_numpy(self.data.blocks("train", cfg.locality))
+        self.eval_blocks = torch.from_numpy(self.data.blocks("eval", cfg.locality))
+        optimizer = _optimizer(model, cfg)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
+        if t.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer, self.scheduler = self.accel.prepare(model, optimizer, scheduler)
+        self.step = 0
+        self.tokens_seen = 0
+        self.train_time = 0.0
+        self.step_rows: list[dict] = []
+        self.layer_rows: list[dict] = []
+        self.attention_rows: list[dict] = []
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def _context(self, blocks: torch.Tensor | None, **kw) -> LocalityContext:
+        return LocalityContext(lambdas=self.lambdas, block=None if self.window else blocks.to(self.device),
+                               window=self.window, mechanism=self.cfg.locality.mechanism, **kw)
+
+    def _batch(self, step: int, micro: int):
+        """The batch of a given step, the same on every run and after every resume."""
+        rng = np.random.default_rng([self.cfg.seed, step, micro])
+        idx = np.sort(rng.integers(0, len(self.data.train), self.cfg.train.batch_size))
+        seqs = torch.from_numpy(np.asarray(self.data.train[idx], dtype=np.int64))
+        return seqs[:, :-1].to(self.device), seqs[:, 1:].to(self.device), self.train_blocks[idx]
+
+    # -- loss and evaluation ---------------------------------------------------------------------
+
+    def _loss(self, x, y, ctx: LocalityContext) -> torch.Tensor:
+        logits = self.model(input_ids=x, locality=ctx).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        if ctx.penalty_terms:
+            loss = loss + self.cfg.locality.penalty_weight * torch.stack(ctx.penalty_terms).sum()
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted held-out loss; per-layer attention statistics reduced on the fly."""
+        self.model.eval()
+        n = min(self.cfg.data.eval_sequences, len(self.data.eval))
+        bs = self.cfg.train.batch_size
+        nll, count = 0.0, 0
+        stats_ctx = None
+        for start in range(0, n, bs):
+            seqs = torch.from_numpy(np.asarray(self.data.eval[start:start + bs], dtype=np.int64))
+            x, y = seqs[:, :-1].to(self.device), seqs[:, 1:].to(self.device)
+            first = start == 0
+            ctx = self._context(self.eval_blocks[start:start + bs], collect_stats=True,
+                                sample_layers=(0, self.n_layer - 1) if first else ())
+            if stats_ctx is not None:
+                ctx.stats = stats_ctx.stats
+            with self.accel.autocast():
+                logits = self.model(input_ids=x, locality=ctx).logits
+            nll += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+            count += y.numel()
+            if first:
+                self._keep_sample(ctx, seqs[0])
+            stats_ctx = ctx
+        self.model.train()
+        loss = nll / count
+        for layer in range(self.n_layer):
+            self.layer_rows.append({"step": self.step, "layer": layer, "lambda": self.lambdas[layer],
+                                    **stats_ctx.stats[layer].means()})
+        self._row("eval", loss)
+        return loss
+
+    def _keep_sample(self, ctx: LocalityContext, seq: torch.Tensor) -> None:
+        """Head-mean attention of the first eval passage at the first and last layer (latest eval)."""
+        self.attention_rows = []
+        for layer, att in sorted(ctx.samples.items()):
+            S = att.shape[0]
+            tokens = self.data.decode(seq[:S].tolist())
+            q, k = np.tril_indices(S)
+            self.attention_rows += [{"layer": layer, "query": int(a), "key": int(b), "weight": float(att[a, b]),
+                                     "token": tokens[b]} for a, b in zip(q, k)]
+
+    def _row(self, split: str, loss: float) -> None:
+        self.step_rows.append({"step": self.step, "split": split, "loss": loss,
+                               "ppl": math.exp(loss) if loss < 700 else math.inf,
+                               "lr": float(self.scheduler.get_last_lr()[0]),
+                               "tokens_seen": self.tokens_seen, "elapsed_s": self.train_time})
+
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str) -> None:
+        self.accel.save_state(directory)
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
+                 "step_rows": self.step_rows, "layer_rows": self.layer_rows}
+        with open(os.path.join(directory, STATE_FILE), "w") as f:
+            json.dump(state, f)
+
+    def load_checkpoint(self, directory: str) -> None:
+        self.accel.load_state(directory)
+        with open(os.path.join(directory, STATE_FILE)) as f:
+            state = json.load(f)
+        self.step, self.tokens_seen, self.train_time = state["step"], state["tokens_seen"], state["train_time"]
+        self.step_rows, self.layer_rows = state["step_rows"], state["layer_rows"]
+        self.log(f"[{self.trial_id}] resumed from step {self.step}")
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def fit(self, on_checkpoint: Callable[["Trainer"], None] | None = None,
+            on_progress: Callable[[dict], None] | None = None) -> TrialResult:
+        t = self.cfg.train
+        wall0 = time.perf_counter()
+        resumed_from = self.step
+        status, error = "completed", None
+        self.model.train()
+        window_loss, window_n, tokens_per_step = 0.0, 0, t.batch_size * t.grad_accum * self.cfg.data.seq_len
+        try:
+            while self.step < t.steps:
+                t0 = time.perf_counter()
+                fault = faults.check(self.step + 1, self.trial_id)
+                step_loss = 0.0
+                for micro in range(t.grad_accum):
+                    x, y, blocks = self._batch(self.step, micro)
+                    with self.accel.accumulate(self.model):
+                        loss = self._loss(x, y, self._context(blocks))
+                        if fault == "nan":
+                            loss = loss * float("nan")
+                        self.accel.backward(loss)
+                        if self.accel.sync_gradients and t.grad_clip > 0:
+                            self.accel.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                        self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    step_loss += float(loss.detach()) / t.grad_accum
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                self.train_time += time.perf_counter() - t0
+                if not math.isfinite(step_loss):
+                    status = "diverged"
+                    self._row("train", step_loss)
+                    self.log(f"[{self.trial_id}] step {self.step}: loss is {step_loss}; stopping (diverged)")
+                    break
+                window_loss, window_n = window_loss + step_loss, window_n + 1
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    self._row("train", window_loss / window_n)
+                    self._progress(window_loss / window_n, resumed_from, on_progress)
+                    window_loss, window_n = 0.0, 0
+                if self.step % t.eval_every == 0 or self.step == t.steps:
+                    self.evaluate()
+                if on_checkpoint and t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
+                    on_checkpoint(self)
+        except faults.InjectedFault:
+            raise
+        eval_loss = math.nan
+        if status == "completed":
+            eval_loss = next(r["loss"] for r in reversed(self.step_rows) if r["split"] == "eval")
+        return self._finish(status, error, eval_loss, time.perf_counter() - wall0)
+
+    def _progress(self, loss: float, resumed_from: int, on_progress) -> None:
+        t = self.cfg.train
+        done = self.step - resumed_from
+        rate = self.tokens_seen / self.train_time if self.train_time else 0.0
+        per_step = self.train_time / max(self.step, 1)
+        eta = per_step * (t.steps - self.step) * 1.1  # evaluations cost roughly a tenth more
+        info = {"trial_id": self.trial_id, "step": self.step, "steps": t.steps, "loss": loss,
+                "tokens_per_s": rate, "eta_s": eta, "time": time.time()}
+        self.log(f"[{self.trial_id}] step {self.step}/{t.steps} loss {loss:.4f} "
+                 f"lr {self.scheduler.get_last_lr()[0]:.2e} {rate:,.0f} tok/s eta {eta:.0f}s")
+        if on_progress:
+            on_progress(info)
+        del done
+
+    def _finish(self, status: str, error: str | None, eval_loss: float, wall: float) -> TrialResult:
+        if torch.cuda.is_available():
+            peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        summary = {
+            "status": status, "error": error, "eval_loss": eval_loss,
+            "eval_ppl": math.exp(eval_loss) if math.isfinite(eval_loss) else math.nan,
+            "final_step": self.step, "train_tokens": self.tokens_seen,
+            "tokens_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0,
+            "wall_s": wall, "train_s": self.train_time, "peak_mem_mb": peak_mb,
+            "n_layer_actual": self.n_layer, "lambdas": json.dumps([round(x, 6) for x in self.lambdas]),
+            "device": str(self.device), "hostname": socket.gethostname(), **self.extra,
+        }
+        row = outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
+                                  self.attention_rows)
+        self.log(f"[{self.trial_id}] {status}: eval loss {eval_loss:.4f} ppl {summary['eval_ppl']:.2f} "
+                 f"in {wall:.1f}s -> {self.out}")
+        return TrialResult(status, eval_loss, summary["eval_ppl"], self.out, row)
+
+
+def run_trial(cfg: TrialConfig, out: str, trial_id: str = "trial", log=print) -> TrialResult:
+    """Standalone trial (``localist train``): checkpoints under OUT/checkpoint, resumed if present."""
+    trainer = Trainer(cfg, out, trial_id, log)
+    ckpt_uri = io.join(out, "checkpoint")
+    local = io.is_local(out)
+    if local and io.exists(io.join(ckpt_uri, STATE_FILE)):
+        trainer.load_checkpoint(io.resolve(ckpt_uri)[1])
+
+    def save(tr: Trainer) -> None:
+        if not local:
+            return
+        final = io.resolve(ckpt_uri)[1]
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".ckpt-")
+        tr.save_checkpoint(tmp)
+        old = final + ".old"
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def progress(info: dict) -> None:
+        io.write_text(io.join(out, "progress.json"), json.dumps(info))
+
+    io.makedirs(out)
+    result = trainer.fit(on_checkpoint=save, on_progress=progress)
+    if local:
+        shutil.rmtree(io.resolve(ckpt_uri)[1], ignore_errors=True)
+    return result

@@ -1,0 +1,139 @@
+"""`localist` - the command line. User errors print one clear message and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from localist.config import ConfigError
+
+EXIT_USAGE = 2
+
+
+def _cmd_train(a) -> int:
+    from localist import config
+    from localist.trainer import run_trial
+
+    cfg = config.load(a.config, a.set)
+    result = run_trial(cfg, a.out, trial_id=a.trial_id)
+    return 0 if result.status == "completed" else 1
+
+
+def _load_sweep(a):
+    from localist.config import apply_overrides, flatten
+    from orchestrator import spec as sweep_spec
+
+    overrides = {}
+    if a.storage:
+        overrides["storage"] = a.storage
+    if a.set:
+        overrides["base"] = apply_overrides({}, a.set, source=f"{a.file}: --set")
+    sp = sweep_spec.load(a.file, overrides)
+    del flatten
+    return sp
+
+
+def _cmd_sweep_run(a) -> int:
+    from orchestrator import driver, dryrun
+    from orchestrator.spec import expand
+
+    sp = _load_sweep(a)
+    trials = expand(sp, a.file)
+    if a.dry_run:
+        print(dryrun.render(sp, trials))
+        return 0
+    return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate)
+
+
+def _cmd_sweep_resume(a) -> int:
+    from orchestrator import driver
+
+    return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate)
+
+
+def _cmd_sweep_status(a) -> int:
+    from orchestrator import driver, status
+    from orchestrator.spec import expand
+
+    sp = driver.load_saved(a.path)
+    trials = expand(sp, a.path)
+    df = status.run_states(a.path, trials)
+    print(status.summary_line(df, driver.concurrency(sp, len(df))))
+    print(status.table(df))
+    return 0
+
+
+def _cmd_sweep_collect(a) -> int:
+    from orchestrator import driver
+    from orchestrator.spec import expand
+
+    sp = driver.load_saved(a.path)
+    return driver.finish(sp, expand(sp, a.path), a.path.rstrip("/"), print, aggregate=not a.no_aggregate)
+
+
+def _cmd_aggregate(a) -> int:
+    from orchestrator.aggregate import aggregate
+
+    aggregate(a.path.rstrip("/"), baseline=a.baseline, report=not a.no_report)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="localist", description="Progressive-localisation sweeps of localist GPT-2 on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one localist trial (no Ray)")
+    t.add_argument("config", nargs="?", help="trial config YAML (default: the built-in tiny trial)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key")
+    t.add_argument("--out", required=True, help="output folder or URI for the Parquet files")
+    t.add_argument("--trial-id", default="trial")
+    t.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("sweep", help="run, resume, inspect and collect sweeps").add_subparsers(dest="sweep", required=True)
+    r = s.add_parser("run", help="run a sweep file (continues it if its storage already holds it)")
+    r.add_argument("file")
+    r.add_argument("--dry-run", action="store_true", help="print the trial table and compute, start nothing")
+    r.add_argument("--address", help="attach to a running Ray cluster (default: start Ray locally)")
+    r.add_argument("--storage", help="override the sweep's storage (path or URI such as s3://bucket/sweeps)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every trial")
+    r.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
+    r.set_defaults(func=_cmd_sweep_run)
+    rs = s.add_parser("resume", help="finish an interrupted sweep: PATH is <storage>/<sweep name>")
+    rs.add_argument("path")
+    rs.add_argument("--address")
+    rs.add_argument("--no-aggregate", action="store_true")
+    rs.set_defaults(func=_cmd_sweep_resume)
+    st = s.add_parser("status", help="per-run state of a sweep, during or after a run")
+    st.add_argument("path")
+    st.set_defaults(func=_cmd_sweep_status)
+    c = s.add_parser("collect", help="(re)write the consolidated results/*.parquet and the summary")
+    c.add_argument("path")
+    c.add_argument("--no-aggregate", action="store_true")
+    c.set_defaults(func=_cmd_sweep_collect)
+
+    ag = sub.add_parser("aggregate", help="seed statistics, tests against the baseline, report")
+    ag.add_argument("path", help="<storage>/<sweep name>")
+    ag.add_argument("--baseline", help="configuration to compare against (default: the one with peak 0)")
+    ag.add_argument("--no-report", action="store_true", help="tables only, no HTML report or figures")
+    ag.set_defaults(func=_cmd_aggregate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:
+        from orchestrator.lock import SweepLocked
+
+        if isinstance(e, SweepLocked) or type(e).__name__ == "AggregateError":
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

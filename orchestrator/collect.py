@@ -1,0 +1,72 @@
+"""Consolidate every trial's Parquet into results/{trials,steps,layers,attention}.parquet.
+
+One row per grid cell x seed (and comparator x seed): a deduplicated cell carries the result
+of the run that stood for it, with run_trial_id naming that run. Rerunning gives the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pyarrow as pa
+
+from localist import io
+from localist.outputs import trial_row
+from orchestrator import layout
+from orchestrator.spec import SweepSpec, Trial
+
+KINDS = ("steps", "layers", "attention")
+
+
+def _coords(spec: SweepSpec, t: Trial) -> dict:
+    c = {"trial_id": t.trial_id, "run_trial_id": t.run_id, "deduplicated": t.run_id != t.trial_id}
+    for axis in spec.axes:
+        c[axis] = t.coords.get(axis)
+    c.setdefault("configuration", t.coords.get("configuration"))
+    c.setdefault("schedule", t.coords.get("schedule"))
+    c["comparator"] = t.comparator
+    c["seed"] = t.seed
+    return c
+
+
+def _outcome(sweep_uri: str, t: Trial) -> dict:
+    d = layout.trial_dir(sweep_uri, t.run_id)
+    f = io.join(d, "trial.parquet")
+    if io.exists(f):
+        return io.read_parquet(f).to_pylist()[0]
+    err_f = io.join(d, "error.json")
+    error, status = None, "missing"
+    if io.exists(err_f):
+        e = json.loads(io.read_text(err_f))
+        error, status = e["error"], "errored"
+    return trial_row(t.run_id, t.config, {"status": status, "error": error, "eval_loss": math.nan,
+                                          "eval_ppl": math.nan})
+
+
+def collect(spec: SweepSpec, trials: list[Trial], sweep_uri: str | None = None) -> dict[str, int]:
+    sweep_uri = sweep_uri or spec.uri
+    rows, parts = [], {k: [] for k in KINDS}
+    cache: dict[str, dict[str, pd.DataFrame]] = {}
+    for t in trials:
+        coords = _coords(spec, t)
+        row = _outcome(sweep_uri, t)
+        row.pop("trial_id", None)
+        rows.append({**coords, **row})
+        if t.run_id not in cache:
+            d = layout.trial_dir(sweep_uri, t.run_id)
+            cache[t.run_id] = {k: io.read_parquet(io.join(d, f"{k}.parquet")).to_pandas()
+                               for k in KINDS if io.exists(io.join(d, f"{k}.parquet"))}
+        for kind, df in cache[t.run_id].items():
+            df = df.drop(columns=["trial_id"])
+            parts[kind].append(df.assign(**coords))
+    out = layout.results_dir(sweep_uri)
+    trials_df = pd.DataFrame(rows)
+    io.write_parquet(pa.Table.from_pandas(trials_df, preserve_index=False), io.join(out, "trials.parquet"))
+    for kind in KINDS:
+        df = pd.concat(parts[kind], ignore_index=True) if parts[kind] else pd.DataFrame(columns=list(_coords(spec, trials[0])))
+        front = list(_coords(spec, trials[0]))
+        df = df[front + [c for c in df.columns if c not in front]]
+        io.write_parquet(pa.Table.from_pandas(df, preserve_index=False), io.join(out, f"{kind}.parquet"))
+    return trials_df["status"].value_counts().to_dict()

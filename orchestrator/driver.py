@@ -1,0 +1,190 @@
+"""The sweep driver: validate, prepare data once, run every trial on Ray Tune, collect, aggregate.
+
+`run` on a sweep whose storage already holds the same spec continues it (finished trials are
+skipped), so a crashed driver is recovered by running the same command again or `resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Callable
+
+import yaml
+
+from localist import io
+from localist.config import ConfigError
+from localist.data import prepare
+from orchestrator import layout, status
+from orchestrator.collect import collect
+from orchestrator.lock import SweepLock
+from orchestrator.spec import SweepSpec, Trial, expand, runs, validate
+
+
+def _saved_spec(spec: SweepSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def _same_sweep(saved_text: str, spec: SweepSpec) -> bool:
+    """Equal apart from where it is stored (a sweep folder may be moved or copied)."""
+    saved = yaml.safe_load(saved_text) or {}
+    saved.pop("storage", None)
+    return saved == {k: v for k, v in spec.model_dump(mode="json").items() if k != "storage"}
+
+
+def load_saved(sweep_uri: str) -> SweepSpec:
+    """The spec a sweep was started with, from its storage (what `resume` and `collect` use)."""
+    f = layout.spec_file(sweep_uri)
+    if not io.exists(f):
+        raise ConfigError(f"{sweep_uri}: not a sweep (no sweep.yaml); give the folder <storage>/<sweep name>")
+    return validate(yaml.safe_load(io.read_text(f)), f)
+
+
+def _prepare_data(trials: list[Trial], log) -> None:
+    """Tokenise once in the driver, so every trial on this machine only loads the cache."""
+    seen = set()
+    for cfg in runs(trials).values():
+        tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
+        key = (cfg.data.model_dump_json(), tokenizer)
+        if key not in seen:
+            seen.add(key)
+            prepare(cfg.data, tokenizer, log=log)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # keep every trial's progress line
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # A private local Ray that listens on loopback only.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # nothing but this process can reach it
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+
+
+class _Progress(threading.Thread):
+    """Prints one status line every `every` seconds while Tune runs."""
+
+    def __init__(self, sweep_uri: str, trials: list[Trial], concurrency: int, log, every: float = 20.0):
+        super().__init__(daemon=True)
+        self.args = (sweep_uri, trials)
+        self.concurrency, self.log, self.every = concurrency, log, every
+        self.started = time.time()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every):
+            try:
+                df = status.run_states(*self.args)
+                self.log(f"[sweep] {status.summary_line(df, self.concurrency, self.started)}")
+            except Exception as e:  # progress must never kill the sweep
+                self.log(f"[sweep] (progress unavailable: {e})")
+
+
+def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str):
+    from ray import tune
+
+    from orchestrator.trainable import sweep_trial
+
+    run_cfgs = {k: v.model_dump(mode="json") for k, v in runs(trials).items()}
+    fn = tune.with_parameters(sweep_trial, runs=run_cfgs, sweep_uri=sweep_uri, cpus=spec.resources.cpu)
+    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    tune_dir = layout.tune_dir(sweep_uri)
+    storage = io.resolve(tune_dir)[1] if io.is_local(tune_dir) else tune_dir
+    parent, name = storage.rsplit("/", 1)
+    if tune.Tuner.can_restore(storage):
+        return tune.Tuner.restore(storage, trainable=fn, resume_errored=True), True
+    tuner = tune.Tuner(
+        fn,
+        param_space={"trial_id": tune.grid_search(list(run_cfgs))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=spec.max_concurrent,
+            trial_name_creator=lambda t: t.config["trial_id"],
+            trial_dirname_creator=lambda t: t.config["trial_id"],
+            reuse_actors=True,  # a worker keeps torch/transformers imported between trials
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=parent, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return tuner, False
+
+
+def concurrency(spec: SweepSpec, n_runs: int) -> int:
+    by_cpu = int((os.cpu_count() or 1) // spec.resources.cpu) or 1
+    c = min(n_runs, spec.max_concurrent or n_runs, by_cpu)
+    return max(c, 1)
+
+
+def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[[str], None] = print,
+        aggregate: bool = True, progress_every: float = 20.0) -> int:
+    """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result."""
+    trials = expand(spec, source)
+    sweep_uri = spec.uri
+    with SweepLock(sweep_uri):
+        spec_f = layout.spec_file(sweep_uri)
+        text = _saved_spec(spec)
+        if io.exists(spec_f):
+            if not _same_sweep(io.read_text(spec_f), spec):
+                raise ConfigError(f"{source}: name: a different sweep named {spec.name!r} already exists at "
+                                  f"{sweep_uri}; choose a new name or storage, or resume that one")
+            log(f"[sweep] {sweep_uri} exists with this spec: continuing it (finished trials are kept)")
+        else:
+            io.write_text(spec_f, text)
+        log(f"[sweep] {spec.name}: {len(trials)} results from {len(runs(trials))} runs -> {sweep_uri}")
+        _prepare_data(trials, log)
+        _init_ray(address)
+        import ray
+
+        try:
+            tuner, restored = _tuner(spec, trials, sweep_uri)
+            if restored:
+                log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
+            ticker = _Progress(sweep_uri, trials, concurrency(spec, len(runs(trials))), log, progress_every)
+            ticker.start()
+            t0 = time.time()
+            grid = tuner.fit()
+            ticker.halt.set()
+            _mark_final_errors(grid, sweep_uri)
+            log(f"[sweep] Ray Tune finished in {time.time() - t0:.1f}s")
+        finally:
+            ray.shutdown()
+        return finish(spec, trials, sweep_uri, log, aggregate)
+
+
+def _mark_final_errors(grid, sweep_uri: str) -> None:
+    """A trial that failed every retry: its error.json becomes final (status 'errored')."""
+    for r in grid:
+        if r.error is None:
+            continue
+        tid = r.config["trial_id"]
+        f = io.join(layout.trial_dir(sweep_uri, tid), "error.json")
+        err = json.loads(io.read_text(f)) if io.exists(f) else {"error": str(r.error).splitlines()[-1]}
+        err["final"] = True
+        io.write_text(f, json.dumps(err))
+
+
+def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate: bool = True) -> int:
+    counts = collect(spec, trials, sweep_uri)
+    results = layout.results_dir(sweep_uri)
+    log(f"[sweep] results: {counts} -> {results}/trials.parquet (+ steps, layers, attention)")
+    if aggregate:
+        from orchestrator.aggregate import aggregate as run_aggregate
+
+        out = run_aggregate(sweep_uri, echo=log)
+        if out.get("report"):
+            log(f"[sweep] report: {out['report']}")
+    bad = sum(v for k, v in counts.items() if k not in ("completed", "diverged"))
+    return 0 if bad == 0 else 1
+
+
+def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True) -> int:
+    spec = load_saved(sweep_uri)
+    parent = sweep_uri.rstrip("/").rsplit("/", 1)[0] if "/" in sweep_uri.rstrip("/") else "."
+    spec = spec.model_copy(update={"storage": parent})  # the sweep may have been moved or copied
+    return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate)

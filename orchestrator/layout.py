@@ -1,0 +1,30 @@
+"""Where a sweep keeps its files under its storage URI - one place, so readers and writers agree.
+
+<storage>/<sweep>/
+  sweep.yaml                 the validated spec the sweep was started with (resume reads it)
+  trials/<run_id>/           one trial's trial/steps/layers/attention.parquet, progress.json,
+                             attempts/*.json (one per start) and error.json (last failure)
+  tune/                      Ray Tune's experiment state and checkpoints
+  results/                   consolidated {trials,steps,layers,attention}.parquet
+  summary/                   aggregation: cells/layers.parquet, report.html, figures
+"""
+
+from __future__ import annotations
+
+from localist import io
+
+
+def trial_dir(sweep_uri: str, run_id: str) -> str:
+    return io.join(sweep_uri, "trials", run_id)
+
+
+def spec_file(sweep_uri: str) -> str:
+    return io.join(sweep_uri, "sweep.yaml")
+
+
+def tune_dir(sweep_uri: str) -> str:
+    return io.join(sweep_uri, "tune")
+
+
+def results_dir(sweep_uri: str) -> str:
+    return io.join(sweep_uri, "results")

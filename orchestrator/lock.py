@@ -1,0 +1,99 @@
+"""One driver per sweep: a second `sweep run` on the same storage refuses instead of corrupting it.
+
+Local storage uses an advisory fcntl lock, which the kernel releases when the holder dies (so a
+SIGKILLed driver never leaves a stale lock). Object stores have no such lock: the driver keeps a
+lease object fresh and a new driver refuses while the lease is younger than LEASE_S.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+
+from localist import io
+
+LEASE_S = 120.0
+
+
+class SweepLocked(RuntimeError):
+    pass
+
+
+class SweepLock:
+    def __init__(self, sweep_uri: str):
+        self.uri = io.join(sweep_uri, ".driver.lock")
+        self._fd: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _holder(self) -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "heartbeat": time.time()}
+
+    def acquire(self) -> "SweepLock":
+        if io.is_local(self.uri):
+            path = io.resolve(self.uri)[1]
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.read(fd, 4096).decode(errors="replace")
+                os.close(fd)
+                raise SweepLocked(self._message(other)) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(self._holder()).encode())
+            self._fd = fd
+            return self
+        if io.exists(self.uri):
+            other = io.read_text(self.uri)
+            try:
+                fresh = time.time() - json.loads(other)["heartbeat"] < LEASE_S
+            except (ValueError, KeyError):
+                fresh = False
+            if fresh:
+                raise SweepLocked(self._message(other))
+        io.write_text(self.uri, json.dumps(self._holder()))
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        holder = self._holder()
+        while not self._stop.wait(LEASE_S / 4):
+            holder["heartbeat"] = time.time()
+            try:
+                io.write_text(self.uri, json.dumps(holder))
+            except OSError:
+                pass
+
+    def _message(self, holder_json: str) -> str:
+        try:
+            h = json.loads(holder_json)
+            who = f"pid {h['pid']} on {h['host']} since {time.strftime('%H:%M:%S', time.localtime(h['since']))}"
+        except (ValueError, KeyError):
+            who = "another driver"
+        return (f"the sweep at {self.uri.rsplit('/', 1)[0]} is already being run by {who}; "
+                "wait for it to finish or stop it, then use `localist sweep resume`")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        if self._thread:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            try:
+                io.delete(self.uri)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "SweepLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

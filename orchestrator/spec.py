@@ -1,0 +1,197 @@
+"""The sweep file: schema, validation with file-and-key errors, and grid expansion with dedup.
+
+Everything here runs before Ray starts or anything is written, so a typo costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from localist.config import (ConfigError, TrialConfig, build, deep_merge, flatten, format_validation_error,
+                             load_yaml, nearest, valid_keys)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SPEC_KEYS = ["name", "description", "base", "grid", "comparators", "resources", "max_concurrent", "storage",
+             "retries", "checkpoint_every"]
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU")
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, Any]
+    comparators: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    resources: Resources = Resources()
+    max_concurrent: int | None = Field(None, ge=1)
+    storage: str = "./results"
+    retries: int = Field(2, ge=0)
+    checkpoint_every: int = Field(0, ge=0, description="steps between trial checkpoints (0 = none)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        return v
+
+    @property
+    def axes(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {k: v for k, v in self.grid.items() if k != "seeds"}
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.grid["seeds"])
+
+    @property
+    def uri(self) -> str:
+        from localist import io
+
+        return io.join(self.storage, self.name)
+
+
+@dataclass
+class Trial:
+    """One grid cell x seed (or comparator x seed) and the run that produces its result."""
+
+    trial_id: str
+    coords: dict[str, str]  # axis -> preset name; empty for comparators
+    comparator: str | None
+    seed: int
+    config: TrialConfig
+    run_id: str = ""  # the trial whose run stands for this one (itself unless deduplicated)
+    key: str = field(default="", repr=False)
+
+
+def _err(source: str, path: str, msg: str) -> ConfigError:
+    return ConfigError(f"{source}: {path}: {msg}")
+
+
+def _check_overrides(tree: Any, source: str, path: str) -> None:
+    """Every key of a partial trial config must exist in the trial config."""
+    if not isinstance(tree, dict):
+        raise _err(source, path, f"must be a mapping of trial-config keys, got {type(tree).__name__}")
+    keys = valid_keys()
+    for k in flatten(tree):
+        if k not in keys:
+            raise _err(source, f"{path}.{k}", f"not a trial-config key{nearest(k, keys)}")
+
+
+def _check_name(source: str, path: str, name: Any) -> None:
+    if not isinstance(name, str) or not NAME_RE.match(name) or "__" in name:
+        raise _err(source, path, f"preset name {name!r} must be letters, digits, '.', '_' or '-' without '__'")
+
+
+def validate(raw: dict[str, Any], source: str) -> SweepSpec:
+    """A SweepSpec from parsed YAML, or one ConfigError naming the file, key path and problem."""
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, keys=SPEC_KEYS)) from None
+    _check_overrides(spec.base, source, "base")
+    if "seeds" not in spec.grid:
+        raise _err(source, "grid.seeds", "missing: list the seeds, e.g. seeds: [1, 2, 3]")
+    seeds = spec.grid["seeds"]
+    if not isinstance(seeds, list) or not seeds:
+        raise _err(source, "grid.seeds", "must be a non-empty list of integers")
+    for i, s in enumerate(seeds):
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise _err(source, f"grid.seeds[{i}]", f"{s!r} is not a non-negative integer")
+    if len(set(seeds)) != len(seeds):
+        raise _err(source, "grid.seeds", f"duplicate seeds in {seeds}")
+    if not spec.axes and not spec.comparators:
+        raise _err(source, "grid", "no axes and no comparators: nothing to run")
+    for axis, presets in spec.axes.items():
+        _check_name(source, f"grid.{axis}", axis)
+        if not isinstance(presets, dict) or not presets:
+            raise _err(source, f"grid.{axis}", "an axis must map at least one preset name to overrides")
+        for name, over in presets.items():
+            _check_name(source, f"grid.{axis}.{name}", name)
+            _check_overrides(over or {}, source, f"grid.{axis}.{name}")
+    for name, over in spec.comparators.items():
+        _check_name(source, f"comparators.{name}", name)
+        _check_overrides(over or {}, source, f"comparators.{name}")
+    _check_storage(spec.storage, source)
+    return spec
+
+
+def _check_storage(uri: str, source: str) -> None:
+    import pyarrow.fs as pafs
+
+    if "://" in uri and not uri.startswith("file://"):
+        try:
+            pafs.FileSystem.from_uri(uri)
+        except Exception as e:  # pyarrow raises several types for bad URIs
+            raise _err(source, "storage", f"cannot use {uri!r}: {e}") from None
+        return
+    path = Path(os.path.expanduser(uri.removeprefix("file://"))).absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise _err(source, "storage", f"{path} is not writable ({probe} is not a writable directory)")
+
+
+def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    raw = load_yaml(path)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return validate(raw, str(path))
+
+
+def expand(spec: SweepSpec, source: str = "<sweep>") -> list[Trial]:
+    """Every grid cell x seed, then every comparator x seed, with duplicates resolved.
+
+    Trials whose canonical configs are equal (e.g. peak 0 under every schedule) share one run:
+    the first in grid order runs, the others record it as their run_id.
+    """
+    trials: list[Trial] = []
+    axes = spec.axes
+    combos: list[list[tuple[str, str]]] = [[]]
+    for axis, presets in axes.items():
+        combos = [c + [(axis, p)] for c in combos for p in presets]
+    cells = [(dict(c), None) for c in combos] if axes else []
+    cells += [({}, name) for name in spec.comparators]
+    for seed in spec.seeds:
+        for coords, comparator in cells:
+            tree = deep_merge({}, spec.base)
+            where = "base"
+            for axis, preset in coords.items():
+                tree = deep_merge(tree, axes[axis][preset] or {})
+            if comparator:
+                tree = deep_merge(tree, spec.comparators[comparator] or {})
+                where = f"comparators.{comparator}"
+            elif coords:
+                where = "grid." + " + grid.".join(f"{a}.{p}" for a, p in coords.items())
+            tree["seed"] = seed
+            if spec.checkpoint_every:
+                tree.setdefault("train", {})["checkpoint_every"] = spec.checkpoint_every
+            try:
+                cfg = build(tree, source, prefix="")
+            except ConfigError as e:
+                raise ConfigError(f"{e} (in the trial made from {where}, seed {seed})") from None
+            name = "__".join(coords.values()) if coords else comparator
+            trials.append(Trial(f"{name}__s{seed}", coords, comparator, seed, cfg))
+    first: dict[str, str] = {}
+    for t in trials:
+        t.key = json.dumps(t.config.canonical().model_dump(), sort_keys=True)
+        t.run_id = first.setdefault(t.key, t.trial_id)
+    return trials
+
+
+def runs(trials: list[Trial]) -> dict[str, TrialConfig]:
+    """The trials that actually execute, in order: run_id -> config."""
+    return {t.trial_id: t.config for t in trials if t.run_id == t.trial_id}
