@@ -32,11 +32,15 @@ def sentence_starts(text: str) -> np.ndarray:
 
 
 def token_boundaries(token_starts: np.ndarray, char_starts: np.ndarray) -> np.ndarray:
-    """Boolean per token: True where the token is the first one at or after a sentence start."""
+    """Boolean per token: True for the token that contains a sentence's first character.
+
+    "Contains" (the last token starting at or before it) works whether a byte-level tokenizer
+    reports offsets with or without the leading space it folds into the word.
+    """
     flags = np.zeros(len(token_starts), dtype=bool)
     if len(char_starts) and len(token_starts):
-        idx = np.searchsorted(token_starts, char_starts, side="left")
-        flags[idx[idx < len(token_starts)]] = True
+        idx = np.searchsorted(token_starts, char_starts, side="right") - 1
+        flags[idx[idx >= 0]] = True
     return flags
 
 

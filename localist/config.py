@@ -70,7 +70,7 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(20, ge=0, description="linear warm-up, then cosine decay to 10% of lr")
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm (0 = off)")
     eval_every: int = Field(50, ge=1, description="evaluate (with attention statistics) every N steps and at the end")
-    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0 = only via sweep)")
+    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0 = none; a sweep sets it)")
     log_every: int = Field(10, ge=1, description="print a progress line every N steps")
     precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a capable GPU, else fp32")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = leave as is)")
@@ -78,15 +78,15 @@ class TrainConfig(_Section):
 
 
 class LocalityConfig(_Section):
-    peak: float = Field(0.0, ge=0.0, le=1.0, description="lambda_max, the locality of the deepest layer")
-    schedule: Literal["uniform", "polynomial", "list"] = "polynomial"
+    peak: float = Field(1.0, ge=0.0, le=1.0, description="lambda_max, the locality of the deepest layer")
+    schedule: Literal["uniform", "polynomial", "list"] = Field("polynomial", description="how lambda grows with depth")
     power: float = Field(5.0, ge=0.0, description="polynomial: lambda_l = peak * (l/(L-1))^power")
     lambdas: list[float] | None = Field(None, description="list: one lambda per layer, each in [0, 1]")
-    partition: Literal["semantic", "sentence", "window"] = "semantic"
+    partition: Literal["semantic", "sentence", "window"] = Field("semantic", description="what counts as in-block")
     window: int = Field(32, ge=1, description="window: key j is in-block for query i when i - j < window")
     min_len: int = Field(8, ge=1, description="semantic: shortest block in tokens")
     max_len: int = Field(64, ge=2, description="semantic: longest block in tokens")
-    mechanism: Literal["bias", "penalty"] = "bias"
+    mechanism: Literal["bias", "penalty"] = Field("bias", description="logit bias, or a loss penalty on out-of-block mass")
     penalty_weight: float = Field(1.0, ge=0.0, description="penalty: weight of the out-of-block mass term")
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from filelock import FileLock
 from localist.blocks import block_ids, sentence_starts, token_boundaries
 from localist.config import DataConfig, LocalityConfig
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,10 +186,21 @@ def _corpus_fingerprint(cfg: DataConfig) -> str:
     return h.hexdigest()
 
 
+def _tokenizer_fingerprint(name: str) -> str:
+    """A local model folder's tokenizer files by content; hub names and 'tiny' by name."""
+    p = Path(os.path.expanduser(name))
+    if name == "tiny" or not p.is_dir():
+        return name
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*token*")) + sorted(p.glob("vocab*")) + sorted(p.glob("merges*")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(cfg: DataConfig, tokenizer_name: str) -> str:
     parts = {
         "v": CACHE_VERSION, "corpus": _corpus_fingerprint(cfg), "max_chars": cfg.max_chars,
-        "eval_fraction": cfg.eval_fraction, "seq_len": cfg.seq_len, "tokenizer": tokenizer_name,
+        "eval_fraction": cfg.eval_fraction, "seq_len": cfg.seq_len, "tokenizer": _tokenizer_fingerprint(tokenizer_name),
         "vocab_size": cfg.vocab_size if tokenizer_name == "tiny" else None,
         "text_column": cfg.text_column if cfg.corpus.startswith("hf:") else None,
     }

@@ -70,6 +70,8 @@ def _read(uri: str, columns: tuple[str, ...], required: tuple[str, ...] = (),
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     names = dataset.schema.names
     missing = [c for c in required if c not in names]
+    if missing and dataset.count_rows() == 0:
+        return pa.table({})  # an empty table written without its data columns
     if missing:
         raise AggregateError(f"{uri} lacks the column(s) {', '.join(missing)}")
     return dataset.to_table(columns=[c for c in columns if c in names], filter=filter_expr)
@@ -420,16 +422,18 @@ def headline_rows(cells: pd.DataFrame, metric: str = "eval_ppl") -> pd.DataFrame
 
 def terminal_table(cells: pd.DataFrame, baseline: str, excluded: pd.DataFrame) -> str:
     rows = headline_rows(cells)
-    table = [("cell", "n", "eval_ppl", "95% CI", "ratio", "ratio 95% CI", "p_holm", "d_z")]
+    table = [("cell", "n", "eval_ppl", "95% CI", "ratio", "ratio 95% CI", "p_holm", "d_z", "note")]
     for r in rows.itertuples(index=False):
         ratio = "baseline" if r.is_baseline else _fmt(r.ratio_mean, 3)
+        ratio_ci = "" if r.is_baseline else f"[{_fmt(r.ratio_ci_low, 3)}, {_fmt(r.ratio_ci_high, 3)}]"
         table.append((r.label, str(r.n_seeds), _fmt(r.mean), f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
-                      ratio, f"[{_fmt(r.ratio_ci_low, 3)}, {_fmt(r.ratio_ci_high, 3)}]",
-                      _fmt_p(r.p_holm), _fmt(r.d_z)))
+                      ratio, ratio_ci, _fmt_p(r.p_holm), _fmt(r.d_z),
+                      "" if r.is_baseline else str(r.note)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = [f"eval_ppl against baseline {baseline!r} (same seed; p: paired t-test, Holm)"]
     for j, row in enumerate(table):
-        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+        cols = (v.ljust(w) if i in (0, len(row) - 1) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+        lines.append("  ".join(cols).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     if len(excluded):

@@ -1,0 +1,169 @@
+"""Real Ray Tune sweeps at tiny scale (local Ray on loopback, 2 CPUs): consolidated results row
+by row, dedup, status, idempotent collect, and a driver killed mid-sweep then resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import TINY
+
+CLI = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def write_sweep(path: Path, name: str, storage: Path, steps: int = 12, checkpoint_every: int = 0, **extra) -> Path:
+    base = json.loads(json.dumps(TINY))
+    base["train"].update(steps=steps, eval_every=steps // 2, log_every=steps // 2)
+    spec = {
+        "name": name, "storage": str(storage), "base": base,
+        "grid": {"configuration": {"peak-0": {"locality": {"peak": 0.0}}, "peak-1": {"locality": {"peak": 1.0}}},
+                 "schedule": {"linear": {"locality": {"power": 1}}, "quintic": {"locality": {"power": 5}}},
+                 "seeds": [1]},
+        "comparators": {"uniform-strict": {"locality": {"schedule": "uniform", "peak": 1.0}}},
+        "resources": {"cpu": 1}, "max_concurrent": 2, "retries": 1, "checkpoint_every": checkpoint_every,
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_AUTH_MODE": "disabled"}
+
+
+def attempts(sweep: Path) -> dict[str, int]:
+    return {d.name: len(list((d / "attempts").glob("*.json"))) for d in (sweep / "trials").iterdir()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    f = write_sweep(root / "tiny.yaml", "tiny", root / "store")
+    proc = subprocess.run(CLI + ["sweep", "run", str(f)], env=env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "store" / "tiny", proc.stdout + proc.stderr
+
+
+def test_consolidated_results_row_by_row(finished):
+    sweep, log = finished
+    trials = pd.read_parquet(sweep / "results" / "trials.parquet")
+    expected = {  # trial_id -> (run that produced it, configuration, schedule, comparator)
+        "peak-0__linear__s1": ("peak-0__linear__s1", "peak-0", "linear", None),
+        "peak-0__quintic__s1": ("peak-0__linear__s1", "peak-0", "quintic", None),
+        "peak-1__linear__s1": ("peak-1__linear__s1", "peak-1", "linear", None),
+        "peak-1__quintic__s1": ("peak-1__quintic__s1", "peak-1", "quintic", None),
+        "uniform-strict__s1": ("uniform-strict__s1", None, None, "uniform-strict"),
+    }
+    assert sorted(trials.trial_id) == sorted(expected)
+    assert sorted(p.name for p in (sweep / "trials").iterdir()) == sorted(set(v[0] for v in expected.values()))
+    for _, row in trials.iterrows():
+        run, conf, sched, comp = expected[row.trial_id]
+        assert row.run_trial_id == run and row.deduplicated == (run != row.trial_id)
+        assert (row.configuration, row.schedule, row.comparator) == (conf, sched, comp)
+        assert row.seed == 1 and row.status == "completed"
+        own = pd.read_parquet(sweep / "trials" / run / "trial.parquet").iloc[0]
+        assert row.eval_loss == own.eval_loss and row.node_id == own.node_id and row.train_tokens == 12 * 4 * 64
+        assert row["locality.peak"] == own["locality.peak"]
+    lam = trials.set_index("trial_id")["lambdas"]
+    assert json.loads(lam["uniform-strict__s1"]) == [1.0, 1.0, 1.0]
+    assert json.loads(lam["peak-1__quintic__s1"])[-1] == 1.0
+    steps = pd.read_parquet(sweep / "results" / "steps.parquet")
+    layers = pd.read_parquet(sweep / "results" / "layers.parquet")
+    for tid, (run, *_) in expected.items():
+        own = pd.read_parquet(sweep / "trials" / run / "steps.parquet")
+        mine = steps[steps.trial_id == tid]
+        assert len(mine) == len(own) and (mine.run_trial_id == run).all()
+        assert mine.loss.tolist() == own.loss.tolist()
+        assert len(layers[layers.trial_id == tid]) == 3 * 2  # 3 layers x 2 evaluations
+    # one trial start per run, nothing retried
+    assert set(attempts(sweep).values()) == {1}
+
+
+def test_status_and_collect_are_repeatable(finished):
+    sweep, _ = finished
+    out = subprocess.run(CLI + ["sweep", "status", str(sweep)], env=env(), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0
+    assert "4/4 runs done" in out.stdout and "peak-0__linear__s1" in out.stdout and "completed" in out.stdout
+    before = pd.read_parquet(sweep / "results" / "trials.parquet")
+    again = subprocess.run(CLI + ["sweep", "collect", str(sweep), "--no-aggregate"], env=env(),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    pd.testing.assert_frame_equal(before, pd.read_parquet(sweep / "results" / "trials.parquet"))
+
+
+def test_rerun_of_a_finished_sweep_runs_nothing(finished, tmp_path):
+    sweep, _ = finished
+    spec = yaml.safe_load((sweep / "sweep.yaml").read_text())
+    f = tmp_path / "again.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    proc = subprocess.run(CLI + ["sweep", "run", str(f), "--no-aggregate"], env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "continuing it" in proc.stdout
+    assert set(attempts(sweep).values()) == {1}
+
+
+def _wait(predicate, timeout, proc):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.5)
+    return False
+
+
+def _kill_session(proc):
+    """SIGKILL the driver alone (a crash), then anything else left in the session we started."""
+    pgid = os.getpgid(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_driver_killed_mid_sweep_then_resumed(tmp_path):
+    f = write_sweep(tmp_path / "crash.yaml", "crash", tmp_path / "store", steps=40, checkpoint_every=10)
+    sweep = tmp_path / "store" / "crash"
+    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def mid_sweep():
+            trials = sweep / "trials"
+            if not trials.exists():
+                return False
+            done = list(trials.glob("*/trial.parquet"))
+            running = [p for p in trials.glob("*/progress.json")
+                       if not (p.parent / "trial.parquet").exists() and json.loads(p.read_text())["step"] >= 20]
+            return len(done) >= 1 and len(running) >= 1
+        assert _wait(mid_sweep, 300, proc), "the sweep never reached the middle"
+    finally:
+        _kill_session(proc)
+    finished_before = {p.parent.name for p in (sweep / "trials").glob("*/trial.parquet")}
+    assert 1 <= len(finished_before) < 4
+    assert not (sweep / "results").exists()
+
+    proc = subprocess.run(CLI + ["sweep", "resume", str(sweep)], env=env(), capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = pd.read_parquet(sweep / "results" / "trials.parquet")
+    assert sorted(trials.trial_id) == sorted(set(trials.trial_id)) and len(trials) == 5
+    assert (trials.status == "completed").all()
+    starts = attempts(sweep)
+    assert all(starts[t] == 1 for t in finished_before)  # finished trials were not run again
+    assert sum(starts.values()) <= 4 + (4 - len(finished_before))
+    steps = pd.read_parquet(sweep / "results" / "steps.parquet")
+    assert steps.groupby(["trial_id", "split", "step"]).size().max() == 1  # nothing duplicated
+    assert (steps.groupby("trial_id").step.max() == 40).all()

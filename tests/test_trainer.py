@@ -1,0 +1,135 @@
+"""Real tiny trials through the Accelerate loop: outputs, determinism, locality, resume, hub loading."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from localist.outputs import LAYER_COLUMNS, STEP_COLUMNS
+from localist.trainer import Trainer, run_trial
+
+
+def layers(out):
+    df = pd.read_parquet(f"{out}/layers.parquet")
+    return df[df.step == df.step.max()].set_index("layer")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Three short trials: distributed with two seeds, and quintic peak-1 with the first seed."""
+    from localist.config import build
+    from tests.conftest import tiny_tree
+
+    root = tmp_path_factory.mktemp("trials")
+    specs = {"base1": ({"peak": 0.0}, 1), "base1b": ({"peak": 0.0}, 1), "base2": ({"peak": 0.0}, 2),
+             "quintic1": ({"peak": 1.0, "schedule": "polynomial", "power": 5}, 1)}
+    results = {}
+    for name, (loc, seed) in specs.items():
+        cfg = build({**tiny_tree(locality=loc), "seed": seed}, "test")
+        results[name] = run_trial(cfg, str(root / name), trial_id=name, log=lambda *_: None)
+    return root, results
+
+
+def test_outputs_have_the_documented_columns(trained):
+    root, results = trained
+    out = root / "quintic1"
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert list(steps.columns) == STEP_COLUMNS
+    assert set(steps.split) == {"train", "eval"} and steps.step.max() == 20
+    assert list(pd.read_parquet(out / "layers.parquet").columns) == LAYER_COLUMNS
+    trial = pd.read_parquet(out / "trial.parquet")
+    assert len(trial) == 1
+    row = trial.iloc[0]
+    assert row.status == "completed" and row["locality.peak"] == 1.0 and row["model.n_layer"] == 3
+    assert row.eval_ppl == pytest.approx(math.exp(row.eval_loss))
+    for col in ("train_tokens", "tokens_per_s", "wall_s", "peak_mem_mb", "version.torch", "version.transformers"):
+        assert col in trial.columns and pd.notna(row[col])
+    assert row.train_tokens == 20 * 4 * 64
+    att = pd.read_parquet(out / "attention.parquet")
+    assert set(att.layer) == {0, 2} and (att.key <= att["query"]).all()
+    sums = att.groupby(["layer", "query"]).weight.sum()
+    assert sums.min() > 0.999 - 1e-6  # each query's row (truncated to the sample) keeps its causal mass
+
+
+def test_seed_determinism(trained):
+    _, r = trained
+    assert r["base1"].eval_loss == r["base1b"].eval_loss
+    assert r["base1"].eval_loss != r["base2"].eval_loss
+
+
+def test_quintic_localises_last_layer_and_keeps_first_layer(trained):
+    root, _ = trained
+    q, b1, b2 = layers(root / "quintic1"), layers(root / "base1"), layers(root / "base2")
+    assert q.loc[2, "in_block_mass"] >= 0.99
+    assert b1.loc[2, "in_block_mass"] < 0.9
+    for col in ("entropy_bits", "entropy_norm", "in_block_mass"):
+        noise = abs(b1.loc[0, col] - b2.loc[0, col])
+        assert abs(q.loc[0, col] - b1.loc[0, col]) <= 3 * noise + 1e-3, col
+
+
+def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, monkeypatch):
+    cfg = tiny_config(train={"checkpoint_every": 5}, locality={"peak": 0.5})
+    clean = run_trial(cfg, str(tmp_path / "clean"), log=lambda *_: None)
+    monkeypatch.setenv("LOCALIST_FAULT", f"raise@13:{tmp_path / 'fired'}")
+    from localist.faults import InjectedFault
+
+    with pytest.raises(InjectedFault):
+        run_trial(cfg, str(tmp_path / "faulty"), log=lambda *_: None)
+    assert (tmp_path / "faulty" / "checkpoint" / "trainer_state.json").exists()
+    logs = []
+    resumed = run_trial(cfg, str(tmp_path / "faulty"), log=logs.append)
+    assert any("resumed from step 10" in line for line in logs)
+    assert resumed.eval_loss == pytest.approx(clean.eval_loss, abs=1e-6)
+    steps = pd.read_parquet(tmp_path / "faulty" / "steps.parquet")
+    assert steps.groupby(["split", "step"]).size().max() == 1  # no duplicated rows after resume
+
+
+def test_nan_loss_stops_as_diverged(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALIST_FAULT", "nan@7")
+    result = run_trial(tiny_config(), str(tmp_path), log=lambda *_: None)
+    assert result.status == "diverged" and math.isnan(result.eval_loss)
+    row = pd.read_parquet(tmp_path / "trial.parquet").iloc[0]
+    assert row.status == "diverged" and row.final_step == 7 and math.isnan(row.eval_ppl)
+
+
+def test_penalty_and_window_trials_run(tiny_config, tmp_path):
+    for name, loc in {"penalty": {"peak": 1.0, "mechanism": "penalty", "penalty_weight": 2.0},
+                      "window": {"peak": 1.0, "partition": "window", "window": 8}}.items():
+        res = run_trial(tiny_config(locality=loc, train={"steps": 6, "eval_every": 6}), str(tmp_path / name),
+                        log=lambda *_: None)
+        assert res.status == "completed" and math.isfinite(res.eval_loss)
+    window = layers(tmp_path / "window")
+    assert window.loc[2, "in_block_mass"] > 0.999
+
+
+def test_local_pretrained_model_and_its_tokenizer(tiny_config, tmp_path):
+    """The hub code path (from_pretrained + the model's own tokenizer) on a model saved here."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from localist.data import _kjv
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([_kjv()[:100_000]], vocab_size=600, special_tokens=["<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    model_dir = tmp_path / "my-gpt2"
+    tok.save_pretrained(model_dir)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2)
+                    ).save_pretrained(model_dir)
+    cfg = tiny_config(model={"name": str(model_dir)}, locality={"peak": 1.0},
+                      train={"steps": 4, "eval_every": 4})
+    trainer = Trainer(cfg, str(tmp_path / "out"), log=lambda *_: None)
+    assert trainer.n_layer == 2 and trainer.model.config._attn_implementation == "localist"
+    assert trainer.data.vocab_size == len(tok)
+    result = trainer.fit()
+    assert result.status == "completed"
+    assert layers(tmp_path / "out").loc[1, "in_block_mass"] > 0.999
+
+
+def test_second_load_uses_the_cache(tiny_config):
+    from localist.data import prepare
+
+    cfg = tiny_config()
+    prepare(cfg.data, "tiny", log=lambda *_: None)
+    again = prepare(cfg.data, "tiny", log=lambda *_: None)
+    assert again.cached and again.train.shape[1] == cfg.data.seq_len + 1
