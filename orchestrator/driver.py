@@ -57,6 +57,8 @@ def _init_ray(address: str | None) -> None:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # keep every trial's progress line
+    # Tune snapshots its state at every checkpoint (we want that for resume); don't warn about it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -92,11 +94,12 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str):
     run_cfgs = {k: v.model_dump(mode="json") for k, v in runs(trials).items()}
     fn = tune.with_parameters(sweep_trial, runs=run_cfgs, sweep_uri=sweep_uri, cpus=spec.resources.cpu)
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    tune_dir = layout.tune_dir(sweep_uri)
-    storage = io.resolve(tune_dir)[1] if io.is_local(tune_dir) else tune_dir
-    parent, name = storage.rsplit("/", 1)
-    if tune.Tuner.can_restore(storage):
-        return tune.Tuner.restore(storage, trainable=fn, resume_errored=True), True
+    # Tune gets the same pyarrow filesystem our own files use, so local paths, file://, s3://
+    # (with an endpoint override) and gs:// all behave alike.
+    fs, path = io.resolve(layout.tune_dir(sweep_uri))
+    parent, name = path.rstrip("/").rsplit("/", 1)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        return tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs), True
     tuner = tune.Tuner(
         fn,
         param_space={"trial_id": tune.grid_search(list(run_cfgs))},
@@ -107,9 +110,9 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str):
             reuse_actors=True,  # a worker keeps torch/transformers imported between trials
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=parent, verbose=0,
+            name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
     return tuner, False
