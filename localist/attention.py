@@ -9,7 +9,9 @@ Fast path (training, bias mechanism): one SDPA call per layer with a mask built 
 for each distinct lambda - lambda 0 uses SDPA's own causal kernel, lambda 1 a boolean
 block-causal mask, anything in between an additive log(1 - lambda) bias on cross-block pairs.
 Attention probabilities are materialised only when statistics are collected (evaluation) or
-the penalty mechanism needs the out-of-block mass.
+the penalty mechanism needs the out-of-block mass. On CUDA, layers with 0 < lambda <= 1 use
+FlexAttention instead of the SDPA masks (``localist.flex``: a block-sparse mask for hard layers,
+a score modification for soft ones; ``LOCALIST_FLEX=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from localist import flex
 
 NAME = "localist"
 
@@ -147,6 +151,10 @@ def localist_attention(module, query, key, value, attention_mask, dropout: float
         return _explicit(module, ctx, lam, query, key, value, dropout, scaling), None
     if lam == 0.0 or ctx.mechanism == "penalty":
         return _sdpa(query, key, value, None, dropout, scaling, True), None
+    if flex.usable(query, dropout):  # CUDA only: FlexAttention (localist/flex.py); CPU never enters
+        out = flex.try_attention(ctx, lam, query, key, value, scaling)
+        if out is not None:
+            return out, None
     mask = ctx.mask(lam, q_len, query.device, query.dtype)
     return _sdpa(query, key, value, mask, dropout, scaling, False), None
 

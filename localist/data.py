@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from localist import faults
 from localist.blocks import block_ids, sentence_starts, token_boundaries
 from localist.config import DataConfig, LocalityConfig
 
@@ -225,11 +226,14 @@ def prepare(cfg: DataConfig, tokenizer_name: str = "tiny", log=print) -> Dataset
     with FileLock(str(root / f"{key}.lock")):
         if not (final / "meta.json").exists():
             cached = False
+            for stale in root.glob(f"{key}.tmp-*"):  # left by a process killed mid-build
+                shutil.rmtree(stale, ignore_errors=True)
             t0 = time.perf_counter()
             tmp = root / f"{key}.tmp-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
             try:
                 _build(cfg, tokenizer_name, tmp)
+                faults.crash_point("prepare")
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)

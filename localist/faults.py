@@ -1,35 +1,48 @@
-"""Test-only fault injection, off unless LOCALIST_FAULT is set.
+"""Test-only fault injection; every hook is off unless its environment variable is set.
 
-LOCALIST_FAULT=KIND@STEP[:MARKER] with KIND 'raise' (an exception at that step) or 'nan' (a
-non-finite loss). With MARKER (a file path) the fault fires once: only while the file does not
-exist, creating it. LOCALIST_FAULT_TRIAL limits it to one trial id.
+LOCALIST_FAULT - comma-separated trial faults, each KIND@STEP[:MARKER][#TRIAL_ID]:
+  KIND 'raise' (an exception at that step) or 'nan' (a non-finite loss); with MARKER (a file
+  path) it fires once, only while the file does not exist, creating it; with #TRIAL_ID only in
+  that trial.
+LOCALIST_CRASH_AT - POINT[:MARKER]: the sweep driver SIGKILLs itself at that point
+  ('prepare', 'collect'), once when a marker is given.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 
 
 class InjectedFault(RuntimeError):
     pass
 
 
+def _fires_once(marker: str) -> bool:
+    if not marker:
+        return True
+    if os.path.exists(marker):
+        return False
+    open(marker, "w").close()
+    return True
+
+
 def check(step: int, trial_id: str) -> str | None:
-    """The fault kind to apply at this step, or None."""
-    spec = os.environ.get("LOCALIST_FAULT")
-    if not spec:
-        return None
-    only = os.environ.get("LOCALIST_FAULT_TRIAL")
-    if only and only != trial_id:
-        return None
-    kind, _, rest = spec.partition("@")
-    at, _, marker = rest.partition(":")
-    if step != int(at):
-        return None
-    if marker:
-        if os.path.exists(marker):
-            return None
-        open(marker, "w").close()
-    if kind == "raise":
-        raise InjectedFault(f"injected fault at step {step} (LOCALIST_FAULT={spec})")
-    return kind
+    """The fault kind to apply at this step of this trial ('nan'), raising for 'raise'."""
+    for spec in filter(None, os.environ.get("LOCALIST_FAULT", "").split(",")):
+        spec, _, only = spec.partition("#")
+        kind, _, rest = spec.partition("@")
+        at, _, marker = rest.partition(":")
+        if int(at) != step or (only and only != trial_id) or not _fires_once(marker):
+            continue
+        if kind == "raise":
+            raise InjectedFault(f"injected fault at step {step} (LOCALIST_FAULT={spec})")
+        return kind
+    return None
+
+
+def crash_point(name: str) -> None:
+    """Die here as a crashed driver would (no cleanup, no exception handlers)."""
+    point, _, marker = os.environ.get("LOCALIST_CRASH_AT", "").partition(":")
+    if point == name and _fires_once(marker):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -30,10 +30,19 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(uri: str, *parts: str) -> str:
+    """Path parts go before a URI's query (s3://b/p?endpoint_override=...), which applies to every child."""
     if "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://" + posixpath.join(rest, *parts)
+        base, sep, query = uri.partition("?")
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest, *parts) + sep + query
     return os.path.join(uri, *parts)
+
+
+def parent(uri: str) -> str:
+    """The folder holding `uri` (its query kept); '.' for a bare relative name."""
+    base, sep, query = uri.partition("?") if "://" in uri else (uri, "", "")
+    base = base.rstrip("/")
+    return (base.rsplit("/", 1)[0] if "/" in base else ".") + sep + query
 
 
 def exists(uri: str) -> bool:
@@ -62,9 +71,14 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
         return
     with fs.open_output_stream(path) as f:  # object stores: one PUT is atomic
         f.write(data)
@@ -102,3 +116,14 @@ def delete(uri: str) -> None:
         fs.delete_dir(path)
     elif info.type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def probe(uri: str) -> str | None:
+    """None when a small file can be written and removed under uri, else the reason it cannot."""
+    target = join(uri, f".probe-{uuid.uuid4().hex[:8]}")
+    try:
+        write_bytes(target, b"ok")
+        delete(target)
+    except Exception as e:  # pyarrow and the OS raise many types for the same failure
+        return f"{type(e).__name__}: {e}"
+    return None

@@ -7,7 +7,8 @@ import sys
 
 from localist.config import ConfigError
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input, or refused (another driver holds the sweep)
+EXIT_STORAGE = 3  # the results storage failed mid-run
 
 
 def _cmd_train(a) -> int:
@@ -78,6 +79,19 @@ def _cmd_aggregate(a) -> int:
     return 0
 
 
+def _cmd_submit(a) -> int:
+    from orchestrator import submit
+
+    return submit.submit(a.file, address=a.address, storage=a.storage, follow=a.follow, working_dir=a.working_dir,
+                         forward_aws=not a.no_aws_env, extra_env=a.env)
+
+
+def _cmd_jobs(a) -> int:
+    from orchestrator import submit
+
+    return submit.jobs(a.jobs, getattr(a, "job_id", None), address=a.address, follow=getattr(a, "follow", False))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="localist", description="Progressive-localisation sweeps of localist GPT-2 on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +125,29 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--no-aggregate", action="store_true")
     c.set_defaults(func=_cmd_sweep_collect)
 
+    sb = sub.add_parser("submit", help="run a sweep as a Ray Job on a cluster (Ray Jobs API, needs ray[default])")
+    sb.add_argument("file", help="sweep file, inside the working directory (which is shipped with the job)")
+    sb.add_argument("--address", help="the head's Jobs API (default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)")
+    sb.add_argument("--storage", help="override the sweep's storage; every node must reach it (s3://, gs://, shared path)")
+    sb.add_argument("--follow", action="store_true", help="stream the job's logs; exit with the job's status")
+    sb.add_argument("--working-dir", default=".", help="folder shipped as the job's working directory (default .)")
+    sb.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                    help="also set this variable in the job (NAME alone copies it from this shell)")
+    sb.add_argument("--no-aws-env", action="store_true",
+                    help="don't copy AWS_* credentials/endpoint into the job (nodes have their own S3 access)")
+    sb.set_defaults(func=_cmd_submit)
+    jb = sub.add_parser("jobs", help="list, inspect, follow and stop submitted jobs")
+    jbs = jb.add_subparsers(dest="jobs", required=True)
+    for name, text in [("list", "every job on the cluster"), ("status", "a job's status and exit code"),
+                       ("logs", "a job's logs so far (--follow: until it ends)"), ("stop", "stop a running job")]:
+        j = jbs.add_parser(name, help=text)
+        if name != "list":
+            j.add_argument("job_id")
+        if name == "logs":
+            j.add_argument("--follow", action="store_true")
+        j.add_argument("--address", help="the head's Jobs API (default as for submit)")
+        j.set_defaults(func=_cmd_jobs)
+
     ag = sub.add_parser("aggregate", help="seed statistics, tests against the baseline, report")
     ag.add_argument("path", help="<storage>/<sweep name>")
     ag.add_argument("--baseline", help="configuration to compare against (default: the one with peak 0)")
@@ -127,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:
+        from orchestrator.driver import StorageError
         from orchestrator.lock import SweepLocked
 
+        if isinstance(e, StorageError):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_STORAGE
         if isinstance(e, SweepLocked) or type(e).__name__ == "AggregateError":
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 import pyarrow as pa
 
-from localist import io
+from localist import faults, io
 from localist.outputs import trial_row
 from orchestrator import layout
 from orchestrator.spec import SweepSpec, Trial
@@ -64,6 +64,7 @@ def collect(spec: SweepSpec, trials: list[Trial], sweep_uri: str | None = None) 
     out = layout.results_dir(sweep_uri)
     trials_df = pd.DataFrame(rows)
     io.write_parquet(pa.Table.from_pandas(trials_df, preserve_index=False), io.join(out, "trials.parquet"))
+    faults.crash_point("collect")
     for kind in KINDS:
         df = pd.concat(parts[kind], ignore_index=True) if parts[kind] else pd.DataFrame(columns=list(_coords(spec, trials[0])))
         front = list(_coords(spec, trials[0]))

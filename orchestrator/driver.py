@@ -23,6 +23,18 @@ from orchestrator.lock import SweepLock
 from orchestrator.spec import SweepSpec, Trial, expand, runs, validate
 
 
+class StorageError(RuntimeError):
+    """The sweep's storage failed while it ran; what was written before is intact."""
+
+
+def _storage_alive(sweep_uri: str, cause: BaseException | None = None) -> None:
+    reason = io.probe(sweep_uri)
+    if reason:
+        raise StorageError(
+            f"storage {sweep_uri} failed during the sweep ({reason}). Files of trials that finished "
+            f"before are intact. Restore the storage, then run: localist sweep resume {sweep_uri}") from cause
+
+
 def _saved_spec(spec: SweepSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
@@ -63,8 +75,12 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         # A private local Ray that listens on loopback only.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # nothing but this process can reach it
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+        # A private Ray on loopback only. ray.init turns "127.0.0.1" into the machine's address,
+        # except in the single-machine mode Ray uses on macOS, which this switch selects.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for the processes Ray starts
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, imported already
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # nothing but this machine can reach it
+        ray.init(include_dashboard=False, log_to_driver=True)
 
 
 class _Progress(threading.Thread):
@@ -151,8 +167,14 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             ticker = _Progress(sweep_uri, trials, concurrency(spec, len(runs(trials))), log, progress_every)
             ticker.start()
             t0 = time.time()
-            grid = tuner.fit()
-            ticker.halt.set()
+            try:
+                grid = tuner.fit()
+            except Exception as e:
+                _storage_alive(sweep_uri, e)
+                raise
+            finally:
+                ticker.halt.set()
+            _storage_alive(sweep_uri)
             _mark_final_errors(grid, sweep_uri)
             log(f"[sweep] Ray Tune finished in {time.time() - t0:.1f}s")
         finally:
@@ -188,6 +210,5 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
 
 def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True) -> int:
     spec = load_saved(sweep_uri)
-    parent = sweep_uri.rstrip("/").rsplit("/", 1)[0] if "/" in sweep_uri.rstrip("/") else "."
-    spec = spec.model_copy(update={"storage": parent})  # the sweep may have been moved or copied
+    spec = spec.model_copy(update={"storage": io.parent(sweep_uri)})  # the sweep may have been moved or copied
     return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,13 @@ def _check_storage(uri: str, source: str) -> None:
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise _err(source, "storage", f"{path} is not writable ({probe} is not a writable directory)")
+    if not probe.is_dir():
+        raise _err(source, "storage", f"{path} is not writable ({probe} is not a directory)")
+    try:  # an unnamed temporary file: proves we can write, leaves nothing behind
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise _err(source, "storage", f"{path} is not writable ({probe}: {e.strerror})") from None
 
 
 def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> SweepSpec:

@@ -48,7 +48,8 @@ def sweep_trial(config: dict, runs: dict[str, dict], sweep_uri: str, cpus: float
     io.write_text(io.join(out, "attempts", f"{attempt:03d}.json"), json.dumps({
         "attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
         "pid": os.getpid(), "from_checkpoint": checkpoint is not None}))
-    trainer = Trainer(cfg, out, trial_id, extra={"node_id": node_id, "attempts": attempt})
+    trainer = Trainer(cfg, out, trial_id, extra={"node_id": node_id, "node_ip": ray.util.get_node_ip_address(),
+                                                 "attempts": attempt})
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.load_checkpoint(d)

@@ -2,7 +2,6 @@
 nothing created (no folder, no Ray session)."""
 
 import os
-import textwrap
 
 import pytest
 

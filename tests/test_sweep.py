@@ -2,46 +2,13 @@
 by row, dedup, status, idempotent collect, and a driver killed mid-sweep then resumed."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import TINY
-
-CLI = [sys.executable, "-m", "orchestrator.cli"]
-
-
-def write_sweep(path: Path, name: str, storage: Path, steps: int = 12, checkpoint_every: int = 0,
-                log_every: int | None = None, **extra) -> Path:
-    base = json.loads(json.dumps(TINY))
-    base["train"].update(steps=steps, eval_every=steps // 2, log_every=log_every or steps // 2)
-    spec = {
-        "name": name, "storage": str(storage), "base": base,
-        "grid": {"configuration": {"peak-0": {"locality": {"peak": 0.0}}, "peak-1": {"locality": {"peak": 1.0}}},
-                 "schedule": {"linear": {"locality": {"power": 1}}, "quintic": {"locality": {"power": 5}}},
-                 "seeds": [1]},
-        "comparators": {"uniform-strict": {"locality": {"schedule": "uniform", "peak": 1.0}}},
-        "resources": {"cpu": 1}, "max_concurrent": 2, "retries": 1, "checkpoint_every": checkpoint_every,
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def env():
-    return {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_AUTH_MODE": "disabled"}
-
-
-def attempts(sweep: Path) -> dict[str, int]:
-    return {d.name: len(list((d / "attempts").glob("*.json"))) for d in (sweep / "trials").iterdir()}
-
+from tests.helpers import CLI, attempts, env, kill_session, wait_for, write_sweep
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -70,6 +37,7 @@ def test_consolidated_results_row_by_row(finished):
         coords = tuple(None if pd.isna(x) else x for x in (row.configuration, row.schedule, row.comparator))
         assert coords == (conf, sched, comp)
         assert row.seed == 1 and row.status == "completed"
+        assert row.node_ip == "127.0.0.1"  # the local Ray listens on loopback only
         own = pd.read_parquet(sweep / "trials" / run / "trial.parquet").iloc[0]
         assert row.eval_loss == own.eval_loss and row.node_id == own.node_id and row.train_tokens == 12 * 4 * 64
         assert row["locality.peak"] == own["locality.peak"]
@@ -113,32 +81,6 @@ def test_rerun_of_a_finished_sweep_runs_nothing(finished, tmp_path):
     assert set(attempts(sweep).values()) == {1}
 
 
-def _wait(predicate, timeout, proc):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.5)
-    return False
-
-
-def _kill_session(proc):
-    """SIGKILL the driver and the local Ray it started, all at once (a crash of that machine).
-    They share the process group the test created for them; no other process is touched."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    end = time.time() + 30
-    while time.time() < end:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    raise AssertionError("processes of the killed sweep are still alive")
-
-
 def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     f = write_sweep(tmp_path / "crash.yaml", "crash", tmp_path / "store", steps=100, checkpoint_every=10,
                     log_every=5)
@@ -154,9 +96,9 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
             running = [p for p in trials.glob("*/progress.json")
                        if not (p.parent / "trial.parquet").exists() and 20 <= json.loads(p.read_text())["step"] <= 70]
             return len(done) >= 1 and len(running) >= 1
-        assert _wait(mid_sweep, 300, proc), "the sweep never reached the middle"
+        assert wait_for(mid_sweep, 300, proc), "the sweep never reached the middle"
     finally:
-        _kill_session(proc)
+        kill_session(proc)
     finished_before = {p.parent.name for p in (sweep / "trials").glob("*/trial.parquet")}
     assert 1 <= len(finished_before) < 4
     assert not (sweep / "results").exists()

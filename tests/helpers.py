@@ -1,0 +1,68 @@
+"""Helpers for tests that run real sweeps through the CLI in subprocesses."""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import TINY
+
+CLI = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def write_sweep(path: Path, name: str, storage: Path, steps: int = 12, checkpoint_every: int = 0,
+                log_every: int | None = None, **extra) -> Path:
+    base = json.loads(json.dumps(TINY))
+    base["train"].update(steps=steps, eval_every=steps // 2, log_every=log_every or steps // 2)
+    spec = {
+        "name": name, "storage": str(storage), "base": base,
+        "grid": {"configuration": {"peak-0": {"locality": {"peak": 0.0}}, "peak-1": {"locality": {"peak": 1.0}}},
+                 "schedule": {"linear": {"locality": {"power": 1}}, "quintic": {"locality": {"power": 5}}},
+                 "seeds": [1]},
+        "comparators": {"uniform-strict": {"locality": {"schedule": "uniform", "peak": 1.0}}},
+        "resources": {"cpu": 1}, "max_concurrent": 2, "retries": 1, "checkpoint_every": checkpoint_every,
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_AUTH_MODE": "disabled", **extra}
+
+
+def attempts(sweep: Path) -> dict[str, int]:
+    return {d.name: len(list((d / "attempts").glob("*.json"))) for d in (sweep / "trials").iterdir()}
+
+
+def wait_for(predicate, timeout, proc):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.5)
+    return False
+
+
+def kill_session(proc):
+    """SIGKILL the driver and the local Ray it started, all at once (a crash of that machine).
+    They share the process group the test created for them; no other process is touched."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone, with everything it started
+        return
+    proc.wait(timeout=30)
+    end = time.time() + 30
+    while time.time() < end:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError("processes of the killed sweep are still alive")

@@ -1,0 +1,209 @@
+"""Faults lose nothing: driver crashes at several points, failing and diverging trials, storage
+that vanishes mid-sweep or is read-only, and two drivers on one sweep."""
+
+import json
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from localist import io
+from tests.helpers import CLI, attempts, env, kill_session, wait_for, write_sweep
+
+# What legitimately differs between two runs of the same trial: timing, memory and provenance.
+VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s"}
+STEPS, CKPT = 40, 10
+
+
+def sweep_file(tmp_path, name, store, **kw):
+    return write_sweep(tmp_path / f"{name}.yaml", name, store, steps=STEPS, checkpoint_every=CKPT, log_every=5,
+                       **kw)
+
+
+def run_cli(args, timeout=300, **extra_env):
+    return subprocess.run(CLI + args, env=env(**extra_env), capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)
+
+
+def same_content(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> None:
+    cols = sorted(c for c in a.columns if c not in VOLATILE)
+    assert cols == sorted(c for c in b.columns if c not in VOLATILE)
+    a, b = (x[cols].sort_values(key).reset_index(drop=True) for x in (a, b))
+    for c in cols:
+        if pd.api.types.is_float_dtype(a[c]):
+            assert np.allclose(a[c], b[c], rtol=1e-6, atol=1e-9, equal_nan=True), c
+        else:
+            assert a[c].astype(str).tolist() == b[c].astype(str).tolist(), c
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of the sweep every fault test is compared with."""
+    root = tmp_path_factory.mktemp("reference")
+    f = sweep_file(root, "rel", root / "store")
+    proc = run_cli(["sweep", "run", str(f), "--no-aggregate"], LOCALIST_CACHE=str(root / "cache"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "store" / "rel"
+
+
+def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_path):
+    f = sweep_file(tmp_path, "rel", tmp_path / "store")
+    sweep = tmp_path / "store" / "rel"
+    cache = str(tmp_path / "cache")  # fresh, so data preparation really runs
+
+    # 1. killed while tokenising the corpus
+    crashed = run_cli(["sweep", "run", str(f)], LOCALIST_CACHE=cache, LOCALIST_CRASH_AT="prepare")
+    assert crashed.returncode == -9
+    assert (sweep / "sweep.yaml").exists() and not (sweep / "trials").exists()
+
+    # 2. killed with trials running (driver and its local Ray, all at once)
+    proc = subprocess.Popen(CLI + ["sweep", "resume", str(sweep)], env=env(LOCALIST_CACHE=cache),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def mid_sweep():
+            progress = [json.loads(p.read_text()) for p in sweep.glob("trials/*/progress.json")
+                        if not (p.parent / "trial.parquet").exists()]
+            done = list(sweep.glob("trials/*/trial.parquet"))
+            return len(done) >= 1 and any(15 <= p["step"] < STEPS - 5 for p in progress)
+        assert wait_for(mid_sweep, 240, proc)
+    finally:
+        kill_session(proc)
+    finished_first = {p.parent.name for p in sweep.glob("trials/*/trial.parquet")}
+    assert 1 <= len(finished_first) < 4
+
+    # 3. killed while writing the consolidated results (trials.parquet written, the rest not)
+    crashed = run_cli(["sweep", "resume", str(sweep), "--no-aggregate"], LOCALIST_CACHE=cache,
+                      LOCALIST_CRASH_AT="collect")
+    assert crashed.returncode == -9
+    assert (sweep / "results" / "trials.parquet").exists() and not (sweep / "results" / "steps.parquet").exists()
+
+    # 4. resumed to the end
+    done = run_cli(["sweep", "resume", str(sweep), "--no-aggregate"], LOCALIST_CACHE=cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    starts = attempts(sweep)
+    assert all(starts[t] == 1 for t in finished_first)  # finished trials never ran again
+    for kind, key in (("trials", ["trial_id"]), ("steps", ["trial_id", "split", "step"]),
+                      ("layers", ["trial_id", "step", "layer"]), ("attention", ["trial_id", "layer", "query", "key"])):
+        mine = pd.read_parquet(sweep / "results" / f"{kind}.parquet")
+        assert not mine.duplicated(key).any(), kind
+        same_content(mine, pd.read_parquet(reference / "results" / f"{kind}.parquet"), key)
+
+
+def test_failing_and_diverging_trials(reference, tmp_path):
+    f = sweep_file(tmp_path, "rel", tmp_path / "store")
+    sweep = tmp_path / "store" / "rel"
+    faults = ",".join([
+        f"raise@13:{tmp_path / 'once'}#peak-1__linear__s1",  # fails once: retried from step 10
+        "raise@5#peak-1__quintic__s1",  # fails on every attempt: errored
+        "nan@7#uniform-strict__s1",  # a NaN loss: diverged
+    ])
+    proc = run_cli(["sweep", "run", str(f)], LOCALIST_FAULT=faults)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # not every trial has a result
+    trials = pd.read_parquet(sweep / "results" / "trials.parquet").set_index("trial_id")
+    ref = pd.read_parquet(reference / "results" / "trials.parquet").set_index("trial_id")
+
+    assert trials.loc["peak-1__linear__s1", "status"] == "completed"
+    assert trials.loc["peak-1__linear__s1", "eval_loss"] == pytest.approx(ref.loc["peak-1__linear__s1", "eval_loss"],
+                                                                           rel=1e-6)
+    retried = sorted((sweep / "trials" / "peak-1__linear__s1" / "attempts").glob("*.json"))
+    assert [json.loads(a.read_text())["from_checkpoint"] for a in retried] == [False, True]
+
+    errored = trials.loc["peak-1__quintic__s1"]
+    assert errored.status == "errored" and "injected fault at step 5" in errored.error
+    assert np.isnan(errored.eval_ppl)
+    assert len(list((sweep / "trials" / "peak-1__quintic__s1" / "attempts").glob("*.json"))) == 2  # 1 + retries
+
+    diverged = trials.loc["uniform-strict__s1"]
+    assert diverged.status == "diverged" and diverged.final_step == 7 and np.isnan(diverged.eval_ppl)
+    assert trials.loc["peak-0__linear__s1", "status"] == "completed"  # the sweep went on
+
+    excluded = pd.read_parquet(sweep / "summary" / "excluded.parquet")
+    assert {"peak-1__quintic__s1", "uniform-strict__s1"} <= set(excluded.trial_id)
+    cells = pd.read_parquet(sweep / "summary" / "cells.parquet")
+    ppl = cells[cells.metric == "eval_ppl"]
+    assert (ppl.n_seeds.fillna(0) <= 1).all()
+    for name in ("peak-1__quintic__s1", "uniform-strict__s1"):
+        assert name in (sweep / "summary" / "report.html").read_text()
+    status = run_cli(["sweep", "status", str(sweep)])
+    assert "errored" in status.stdout and "injected fault" in status.stdout and "diverged" in status.stdout
+
+
+def test_storage_vanishing_mid_sweep_keeps_finished_trials(tmp_path):
+    store = tmp_path / "store"
+    f = write_sweep(tmp_path / "v.yaml", "v", store, steps=100, checkpoint_every=10, log_every=5)
+    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(list(store.glob("v/trials/*/trial.parquet"))) >= 1, 240, proc)
+        store.rename(tmp_path / "moved")  # the mount went away ...
+        store.write_text("not a directory any more")  # ... and something else is at its path
+        out, err = proc.communicate(timeout=240)
+    finally:
+        kill_session(proc)
+    assert proc.returncode not in (0, -9)
+    assert "error: storage" in err and str(store) in err, err[-3000:]
+    assert "Traceback" not in err.split("error: storage")[-1]
+    for done in (tmp_path / "moved").glob("v/trials/*/trial.parquet"):
+        row = pd.read_parquet(done).iloc[0]
+        assert row.status == "completed" and np.isfinite(row.eval_loss)
+        for kind in ("steps", "layers", "attention"):
+            assert len(pd.read_parquet(done.parent / f"{kind}.parquet")) > 0
+    assert not list((tmp_path / "moved").rglob("*.tmp-*"))  # no partial file left visible
+
+
+def test_read_only_storage_is_refused_before_anything_runs(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not permitted here, so no read-only directory can be made as root")
+    try:
+        f = write_sweep(tmp_path / "ro.yaml", "ro", ro / "results")
+        proc = run_cli(["sweep", "run", str(f)])
+        assert proc.returncode == 2
+        assert "storage" in proc.stderr and "not writable" in proc.stderr and str(f) in proc.stderr
+        assert list(ro.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(ro)])
+
+
+def test_atomic_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    target = str(tmp_path / "t.parquet")
+    io.write_parquet(pa.table({"x": [1, 2, 3]}), target)
+
+    class Boom(Exception):
+        pass
+
+    real = io.os.replace
+
+    def fail(*a):
+        raise Boom("disk full")
+
+    monkeypatch.setattr(io.os, "replace", fail)
+    with pytest.raises(Boom):
+        io.write_parquet(pa.table({"x": [9] * 1000}), target)
+    monkeypatch.setattr(io.os, "replace", real)
+    assert io.read_parquet(target).column("x").to_pylist() == [1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_second_driver_on_the_same_sweep_is_refused(tmp_path):
+    f = write_sweep(tmp_path / "c.yaml", "c", tmp_path / "store", steps=100, log_every=5)
+    first = subprocess.Popen(CLI + ["sweep", "run", str(f), "--no-aggregate"], env=env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: list(tmp_path.glob("store/c/trials/*/progress.json")), 240, first)
+        second = run_cli(["sweep", "run", str(f)], timeout=120)
+        assert second.returncode == 2
+        assert "already being run by pid" in second.stderr and str(first.pid) in second.stderr
+        resumed = run_cli(["sweep", "resume", str(tmp_path / "store" / "c")], timeout=120)
+        assert resumed.returncode == 2 and "already being run" in resumed.stderr
+        _, err = first.communicate(timeout=240)
+        assert first.returncode == 0, err[-3000:]
+    finally:
+        kill_session(first)
+    trials = pd.read_parquet(tmp_path / "store" / "c" / "results" / "trials.parquet")
+    assert len(trials) == 5 and (trials.status == "completed").all()
+    assert set(attempts(tmp_path / "store" / "c").values()) == {1}
