@@ -185,55 +185,50 @@ class Trainer:
             on_progress: Callable[[dict], None] | None = None) -> TrialResult:
         t = self.cfg.train
         wall0 = time.perf_counter()
-        resumed_from = self.step
-        status, error = "completed", None
+        status = "completed"
         self.model.train()
         window_loss, window_n, tokens_per_step = 0.0, 0, t.batch_size * t.grad_accum * self.cfg.data.seq_len
-        try:
-            while self.step < t.steps:
-                t0 = time.perf_counter()
-                fault = faults.check(self.step + 1, self.trial_id)
-                step_loss = 0.0
-                for micro in range(t.grad_accum):
-                    x, y, blocks = self._batch(self.step, micro)
-                    with self.accel.accumulate(self.model):
-                        loss = self._loss(x, y, self._context(blocks))
-                        if fault == "nan":
-                            loss = loss * float("nan")
-                        self.accel.backward(loss)
-                        if self.accel.sync_gradients and t.grad_clip > 0:
-                            self.accel.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                        self.optimizer.step()
-                        self.scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    step_loss += float(loss.detach()) / t.grad_accum
-                self.step += 1
-                self.tokens_seen += tokens_per_step
-                self.train_time += time.perf_counter() - t0
-                if not math.isfinite(step_loss):
-                    status = "diverged"
-                    self._row("train", step_loss)
-                    self.log(f"[{self.trial_id}] step {self.step}: loss is {step_loss}; stopping (diverged)")
-                    break
-                window_loss, window_n = window_loss + step_loss, window_n + 1
-                if self.step % t.log_every == 0 or self.step == t.steps:
-                    self._row("train", window_loss / window_n)
-                    self._progress(window_loss / window_n, resumed_from, on_progress)
-                    window_loss, window_n = 0.0, 0
-                if self.step % t.eval_every == 0 or self.step == t.steps:
-                    self.evaluate()
-                if on_checkpoint and t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
-                    on_checkpoint(self)
-        except faults.InjectedFault:
-            raise
+        while self.step < t.steps:
+            t0 = time.perf_counter()
+            fault = faults.check(self.step + 1, self.trial_id)
+            step_loss = 0.0
+            for micro in range(t.grad_accum):
+                x, y, blocks = self._batch(self.step, micro)
+                with self.accel.accumulate(self.model):
+                    loss = self._loss(x, y, self._context(blocks))
+                    if fault == "nan":
+                        loss = loss * float("nan")
+                    self.accel.backward(loss)
+                    if self.accel.sync_gradients and t.grad_clip > 0:
+                        self.accel.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                step_loss += float(loss.detach()) / t.grad_accum
+            self.step += 1
+            self.tokens_seen += tokens_per_step
+            self.train_time += time.perf_counter() - t0
+            if not math.isfinite(step_loss):
+                status = "diverged"
+                self._row("train", step_loss)
+                self.log(f"[{self.trial_id}] step {self.step}: loss is {step_loss}; stopping (diverged)")
+                break
+            window_loss, window_n = window_loss + step_loss, window_n + 1
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                self._row("train", window_loss / window_n)
+                self._progress(window_loss / window_n, on_progress)
+                window_loss, window_n = 0.0, 0
+            if self.step % t.eval_every == 0 or self.step == t.steps:
+                self.evaluate()
+            if on_checkpoint and t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
+                on_checkpoint(self)
         eval_loss = math.nan
         if status == "completed":
             eval_loss = next(r["loss"] for r in reversed(self.step_rows) if r["split"] == "eval")
-        return self._finish(status, error, eval_loss, time.perf_counter() - wall0)
+        return self._finish(status, None, eval_loss, time.perf_counter() - wall0)
 
-    def _progress(self, loss: float, resumed_from: int, on_progress) -> None:
+    def _progress(self, loss: float, on_progress) -> None:
         t = self.cfg.train
-        done = self.step - resumed_from
         rate = self.tokens_seen / self.train_time if self.train_time else 0.0
         per_step = self.train_time / max(self.step, 1)
         eta = per_step * (t.steps - self.step) * 1.1  # evaluations cost roughly a tenth more
@@ -243,7 +238,6 @@ class Trainer:
                  f"lr {self.scheduler.get_last_lr()[0]:.2e} {rate:,.0f} tok/s eta {eta:.0f}s")
         if on_progress:
             on_progress(info)
-        del done
 
     def _finish(self, status: str, error: str | None, eval_loss: float, wall: float) -> TrialResult:
         if torch.cuda.is_available():

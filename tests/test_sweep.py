@@ -119,3 +119,27 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     steps = pd.read_parquet(sweep / "results" / "steps.parquet")
     assert steps.groupby(["trial_id", "split", "step"]).size().max() == 1  # nothing duplicated
     assert (steps.groupby("trial_id").step.max() == 100).all()
+
+
+def test_report_from_real_trials(finished):
+    """The end of `sweep run`: statistics and a report whose every section holds real data."""
+    from tests.test_aggregate_report import PNG, parse
+
+    sweep, log = finished
+    summary = sweep / "summary"
+    assert f"report: {summary / 'report.html'}" in log
+    page = parse(summary / "report.html")
+    figures = sorted(alt for alt, src in page.images if src.startswith(PNG))
+    assert figures == ["attention.png", "curves.png", "layers.png", "ratio_by_peak.png", "ratio_heatmap.png"]
+    assert all((summary / f).stat().st_size > 1000 for f in figures)
+    text = " ".join(page.text)
+    assert "No data for this figure" not in text and "1.89x" in text
+    cells = pd.read_parquet(summary / "cells.parquet")
+    ppl = cells[cells.metric == "eval_ppl"].set_index(["configuration", "schedule", "comparator"], drop=False)
+    trials = pd.read_parquet(sweep / "results" / "trials.parquet").set_index("trial_id")
+    quintic = ppl[(ppl.configuration == "peak-1") & (ppl.schedule == "quintic")].iloc[0]
+    assert quintic.n_seeds == 1 and quintic["mean"] == pytest.approx(trials.loc["peak-1__quintic__s1", "eval_ppl"])
+    expected_ratio = trials.loc["peak-1__quintic__s1", "eval_ppl"] / trials.loc["peak-0__quintic__s1", "eval_ppl"]
+    assert quintic.ratio_mean == pytest.approx(expected_ratio)
+    layers = pd.read_parquet(summary / "layers.parquet")
+    assert set(layers.layer) == {0, 1, 2}
