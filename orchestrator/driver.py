@@ -39,7 +39,7 @@ def _saved_spec(spec: SweepSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
 
-def _same_sweep(saved_text: str, spec: SweepSpec) -> bool:
+def same_sweep(saved_text: str, spec: SweepSpec) -> bool:
     """Equal apart from where it is stored (a sweep folder may be moved or copied)."""
     saved = yaml.safe_load(saved_text) or {}
     saved.pop("storage", None)
@@ -149,7 +149,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
         spec_f = layout.spec_file(sweep_uri)
         text = _saved_spec(spec)
         if io.exists(spec_f):
-            if not _same_sweep(io.read_text(spec_f), spec):
+            if not same_sweep(io.read_text(spec_f), spec):
                 raise ConfigError(f"{source}: name: a different sweep named {spec.name!r} already exists at "
                                   f"{sweep_uri}; choose a new name or storage, or resume that one")
             log(f"[sweep] {sweep_uri} exists with this spec: continuing it (finished trials are kept)")

@@ -5,6 +5,7 @@ Everything here runs before Ray starts or anything is written, so a typo costs n
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -173,7 +174,7 @@ def expand(spec: SweepSpec, source: str = "<sweep>") -> list[Trial]:
     cells += [({}, name) for name in spec.comparators]
     for seed in spec.seeds:
         for coords, comparator in cells:
-            tree = deep_merge({}, spec.base)
+            tree = copy.deepcopy(spec.base)  # never write into the spec itself
             where = "base"
             for axis, preset in coords.items():
                 tree = deep_merge(tree, axes[axis][preset] or {})

@@ -29,6 +29,7 @@ from pathlib import Path
 from localist import io
 from localist.config import ConfigError
 from orchestrator import layout
+from orchestrator.spec import SweepSpec
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the head's Jobs API, reached through an SSH tunnel / port-forward
 # S3 credentials, region and endpoint override (AWS_ENDPOINT_URL is how S3-compatible stores are reached).
@@ -54,11 +55,15 @@ def client(address: str | None):
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or DEFAULT_ADDRESS
     for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
         os.environ.pop(var, None)
+    from ray.exceptions import AuthenticationError
+
     try:
         return JobSubmissionClient(address)
     except ConnectionError as e:
         raise ConfigError(f"--address {address}: cannot reach the Ray Jobs API ({e}); is the cluster up and "
                           "the dashboard port forwarded (e.g. `ray dashboard cluster/ray-up-aws.yaml`)?") from None
+    except AuthenticationError as e:  # token auth on, and no token or the wrong one here
+        raise ConfigError(f"--address {address}: {e}") from None
 
 
 def _relative_sweep(file: str, working_dir: Path) -> str:
@@ -75,7 +80,7 @@ def _check_shared(storage: str, source: str) -> None:
                           "node; use s3://..., gs://... or an absolute path on a filesystem every node mounts")
 
 
-def entrypoint(file: str, storage: str | None, working_dir: Path) -> tuple[list[str], object]:
+def entrypoint(file: str, storage: str | None, working_dir: Path) -> tuple[list[str], SweepSpec]:
     """The job's command: `sweep run`, or `sweep resume` when the storage already holds this sweep.
 
     Validates the sweep here first, so a typo fails before anything is uploaded.
@@ -89,7 +94,7 @@ def entrypoint(file: str, storage: str | None, working_dir: Path) -> tuple[list[
     base = ["python", "-m", "orchestrator.cli", "sweep"]
     saved = layout.spec_file(sp.uri)
     if io.exists(saved):
-        if not driver._same_sweep(io.read_text(saved), sp):
+        if not driver.same_sweep(io.read_text(saved), sp):
             raise ConfigError(f"{file}: name: a different sweep named {sp.name!r} already exists at {sp.uri}; "
                               "choose a new name or storage")
         return base + ["resume", sp.uri, "--address", "auto"], sp

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 import os
 import re
 import secrets
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -37,11 +35,11 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_tree
+from tests.test_s3_storage import BUCKET, moto_s3  # noqa: F401 - the S3 server fixture
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 NODE_IP = "127.0.0.2"
-BUCKET = "localist-test"
 
 
 def free_port() -> int:
@@ -50,23 +48,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
+def listening_on(port: int) -> set[str]:
+    """The local addresses (hex, as in /proc/net/tcp) of the sockets listening on a TCP port."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.add(local.rsplit(":", 1)[0])
+    return found
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time) of every process, from /proc."""
+    table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    return kids
+        table[int(stat.parent.name)] = (int(fields[1]), fields[19])
+    return table
 
 
-def _descendants(pids: list[int]) -> list[int]:
-    kids, out, todo = _children(), [], list(pids)
+def _tree(roots: list[int]) -> dict[int, str]:
+    """The processes under `roots` (included), with their start times to recognise them later."""
+    table, out, todo = _processes(), {}, list(roots)
     while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
+        pid = todo.pop()
+        if pid in table:
+            out[pid] = table[pid][1]
+            todo.extend(p for p, (parent, _) in table.items() if parent == pid)
     return out
 
 
@@ -91,9 +103,9 @@ class LocalCluster:
                   "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
                   f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
                   f"--runtime-env-agent-port={free_port()}"]
-        log = open(self.dir / f"{name}.log", "w")
-        self.procs.append(subprocess.Popen([ray, "start", *args, *common], env=self.env, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+        with open(self.dir / f"{name}.log", "w") as log:
+            self.procs.append(subprocess.Popen([ray, "start", *args, *common], env=self.env, stdout=log,
+                                               stderr=subprocess.STDOUT, start_new_session=True))
 
     def _wait(self, what: str, ok, timeout: float = 90) -> None:
         end = time.time() + timeout
@@ -129,40 +141,23 @@ class LocalCluster:
         return self
 
     def stop(self) -> None:
-        tree = _descendants([p.pid for p in self.procs])
+        tree = _tree([p.pid for p in self.procs])
         for p in self.procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(signal.SIGTERM)  # `ray start --block` stops its node's processes
         for p in self.procs:
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        now = _processes()
+        for pid, started in tree.items():  # whatever is left (same pid *and* start time: not a reused pid)
+            if now.get(pid, (0, None))[1] == started:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """An S3-compatible server (moto) over HTTP on loopback, with one bucket."""
-    import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
-                           endpoint_override=f"{host}:{port}", allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
-    yield env, fs
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -202,12 +197,13 @@ def shrunken_quick(folder: Path, steps: int = 480) -> Path:
     return path
 
 
-def test_submit_follow_runs_on_both_nodes_into_s3(cluster, s3, tmp_path):
+def test_submit_follow_runs_on_both_nodes_into_s3(cluster, moto_s3, tmp_path):
     import pyarrow.parquet as pq
 
-    s3_env, fs = s3
+    s3_env, fs = moto_s3
     nodes = cluster.nodes()
     assert all(ipaddress.ip_address(n["node_ip"]).is_loopback for n in nodes), nodes
+    assert listening_on(cluster.dash) == {"0100007F"}  # the dashboard / Jobs API on 127.0.0.1 only
     shrunken_quick(tmp_path)
     env = client_env(cluster, s3_env)
     t0 = time.time()
@@ -232,6 +228,9 @@ def test_submit_follow_runs_on_both_nodes_into_s3(cluster, s3, tmp_path):
         return r.stdout
 
     assert re.search(rf"{job}\s+SUCCEEDED .* quick", cli("list"))
+    no_token = subprocess.run(CLI + ["jobs", "list", "--address", cluster.address], capture_output=True, text=True,
+                              env={**env, "RAY_AUTH_TOKEN": "not-the-token"}, timeout=60)
+    assert no_token.returncode == 2 and "Invalid authentication token" in no_token.stderr, no_token.stderr
     status = cli("status", job)
     assert "status: SUCCEEDED" in status and "driver exit code: 0" in status
     assert "[sweep] report: s3://" in cli("logs", job)
@@ -252,63 +251,105 @@ def test_submit_follow_runs_on_both_nodes_into_s3(cluster, s3, tmp_path):
 # --- the cluster/ manifests -------------------------------------------------------------------
 
 CLUSTER = REPO / "cluster"
-MANIFESTS = sorted(p for p in CLUSTER.iterdir() if p.suffix in (".yaml", ".sbatch"))
+MANIFESTS = sorted(p for p in CLUSTER.iterdir() if p.suffix in (".yaml", ".sbatch") or p.name == "Dockerfile")
+SUBCOMMANDS = "train|sweep|aggregate|submit|jobs"
 
 
 def ray_pin() -> str:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    return next(re.search(r"==([\w.]+)", d).group(1) for d in deps if d.startswith("ray["))
+    """The project's Ray version; every Ray pin in pyproject.toml (main and extras) must agree."""
+    pins = set(re.findall(r'"ray\[[\w,]+\]==([\w.]+)"', (REPO / "pyproject.toml").read_text()))
+    assert len(pins) == 1, f"pyproject.toml pins several Ray versions: {pins}"
+    return pins.pop()
 
 
 def localist_commands(text: str) -> list[list[str]]:
-    """Every `localist ...` command line in a manifest (shell continuations joined, comments ignored)."""
-    text = re.sub(r"\\\n\s*", " ", text)
+    """Every `localist <subcommand> ...` command line in a file, comments included (documented
+    usage is checked too): shell continuations joined, shell quoting honoured, a command starts a
+    line or follows && ; | ( - or NAME=VALUE prefixes, and ends at the next shell operator."""
     cmds = []
-    for line in text.splitlines():
-        line = line.split(" #")[0].strip()
-        if line.startswith("#"):
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        lexer = shlex.shlex(line.lstrip("# \t"), posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True  # words end at blanks and shell operators only
+        try:
+            tokens = list(lexer)
+        except ValueError:  # prose with an unbalanced quote
             continue
-        for m in re.finditer(r"(?:^|[\s;&|('\"])localist ([^;&|'\")\n]+)", line):
-            cmds.append(shlex.split(m.group(1)))
+        for i, tok in enumerate(tokens[:-1]):
+            before = tokens[:i]
+            starts = not before or before[-1] in ("-", "(") or re.fullmatch(r"[;&|()]+|\S+:", before[-1]) \
+                or all(re.fullmatch(r"\w+=\S*", t) for t in before)
+            if tok == "localist" and starts and re.fullmatch(SUBCOMMANDS, tokens[i + 1]):
+                end = next((j for j in range(i + 1, len(tokens)) if re.fullmatch(r"[;&|()<>]+", tokens[j])), None)
+                cmds.append(tokens[i + 1:end])
     return cmds
 
 
-def test_every_manifest_is_there():
-    names = {p.name for p in MANIFESTS}
-    assert {"ray-up-aws.yaml", "kuberay-rayjob.yaml", "slurm.sbatch"} <= names
+def test_every_way_of_getting_a_cluster_is_there():
+    assert {"ray-up-aws.yaml", "kuberay-rayjob.yaml", "slurm.sbatch", "Dockerfile"} <= {p.name for p in MANIFESTS}
     assert (CLUSTER / "README.md").exists()
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
-def test_manifest_parses_and_names_real_things(path):
+def test_manifest_parses_names_a_sweep_and_real_commands_and_the_pinned_ray(path):
     from orchestrator.cli import parser
 
     text = path.read_text()
     if path.suffix == ".yaml":
-        docs = [d for d in yaml.safe_load_all(text) if d]
-        assert docs
-    else:
-        assert text.startswith("#!/bin/bash") and "#SBATCH" in text
+        assert [d for d in yaml.safe_load_all(text) if d]
+    elif path.suffix == ".sbatch":
+        assert text.startswith("#!/bin/bash") and "#SBATCH --nodes" in text
         bash = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
         assert bash.returncode == 0, bash.stderr
-    cmds = localist_commands(text)
-    assert cmds, f"{path.name}: no localist command"
-    for argv in cmds:
-        args = parser().parse_args(argv)  # SystemExit (a failure) when not a real command line
+    else:
+        assert re.search(r"^FROM \S+", text, re.M)
+    sweeps = []
+    for argv in localist_commands(text):
+        args = parser().parse_args(argv)  # SystemExit (a test failure) unless it is a real command line
         if getattr(args, "file", None):
-            assert (REPO / args.file).is_file(), f"{path.name}: {args.file} does not exist"
-            assert args.file.startswith("sweeps/")
-    pin = ray_pin()
+            assert (REPO / args.file).is_file() and args.file.startswith("sweeps/"), f"{path.name}: {argv}"
+            sweeps.append(args.file)
+    assert sweeps, f"{path.name}: runs no sweep file"
     versions = re.findall(r"ray(?:\[[\w,]+\])?==([\w.]+)", text) + re.findall(r"rayproject/ray:([\d.]+)", text)
     versions += re.findall(r"rayVersion:\s*['\"]?([\d.]+)", text)
-    assert versions, f"{path.name}: names no Ray version"
-    assert set(versions) == {pin}, f"{path.name}: Ray {set(versions)} but the project pins {pin}"
+    assert versions or path.suffix == ".sbatch", f"{path.name}: names no Ray version"  # SLURM: the checkout's .venv
+    assert set(versions) <= {ray_pin()}, f"{path.name}: Ray {set(versions)} but the project pins {ray_pin()}"
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in MANIFESTS if p.name != "Dockerfile"], ids=lambda p: p.name)
 def test_manifest_keeps_ray_private(path):
-    """Token auth on, dashboard on loopback, and nothing that looks like a credential or account."""
+    """Token authentication on, no dashboard on all interfaces, nothing that looks like a secret."""
     text = path.read_text()
-    assert "RAY_AUTH_MODE" in text and re.search(r"RAY_AUTH_MODE[=:]\s*['\"]?token", text)
+    assert re.search(r"RAY_AUTH_MODE=token|authOptions:\s*\n\s*mode: token", text)
+    assert "RAY_AUTH_MODE=disabled" not in text
     assert not re.search(r"dashboard-host[= ]0\.0\.0\.0", text)
-    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key\s*[=:]\s*\S{20,}|\b\d{12}\b", text)
+    assert not re.search(r"AKIA[0-9A-Z]{16}|(?i:secret_access_key|auth_token)\s*[=:]\s*[\w/+]{16,}|\b\d{12}\b", text)
+
+
+def test_ray_up_config_is_a_valid_launcher_config():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((CLUSTER / "ray-up-aws.yaml").read_text())
+    validate_config(prepare_config(cfg))  # what `ray up` checks before it launches anything
+    gpu = cfg["available_node_types"]["gpu_worker"]
+    assert cfg["provider"]["type"] == "aws" and cfg["idle_timeout_minutes"] > 0
+    assert gpu["min_workers"] == 0 < gpu["max_workers"] <= cfg["max_workers"]
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))  # a GPU instance type
+    assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+    assert any("localist[cluster]" in c for c in cfg["setup_commands"])
+
+
+def test_kuberay_rayjob_runs_the_paper_sweep_and_cleans_up():
+    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    spec, cluster = job["spec"], job["spec"]["rayClusterSpec"]
+    assert spec["shutdownAfterJobFinishes"] is True and "sweeps/paper.yaml" in spec["entrypoint"]
+    assert re.search(r"--storage s3://", spec["entrypoint"])
+    assert cluster["rayVersion"] == ray_pin() and cluster["authOptions"] == {"mode": "token"}
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]]
+    for group in cluster["workerGroupSpecs"]:
+        c = group["template"]["spec"]["containers"][0]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] >= 1
+        containers.append(c)
+    for c in containers:  # S3 credentials only by reference to a Secret
+        assert c["envFrom"] == [{"secretRef": {"name": "localist-s3", "optional": True}}]
+        assert not any(e.get("value") for e in c.get("env", []) if e["name"].startswith("AWS_"))
