@@ -33,7 +33,7 @@ test: $(VENV)/.test
 	RAY_AUTH_MODE=disabled $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.base
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -11,7 +11,6 @@ still run, and the exit code is 1. Missed targets are reported in the table, not
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile

@@ -4,8 +4,9 @@ Every variant is a real ``localist.trainer.Trainer`` at the tiny config (the bui
 ``localist train``: 4 layers, 128 wide, seq 128, batch 8); the vanilla one is the same trainer
 with the model switched to transformers' stock ``sdpa`` attention. The timed step is the body
 of ``Trainer.fit``'s loop (batch, forward, loss, backward, clipping, AdamW, scheduler). Variants
-run in interleaved rounds on the same batches and are compared by their median step times, so
-the ratios hold on a loaded machine even when the absolute times do not.
+run in interleaved rounds on the same batches; a ratio is the median over rounds of the
+variant's time over vanilla's in the same round, so it holds on a loaded machine even when the
+absolute times do not. One torch thread by default, as in a sweep trial with 1 CPU.
 
     python -m benchmarks.attention_overhead [--quick] [--threads N] [--rounds N] [--steps N]
 
@@ -52,18 +53,9 @@ def make_trainer(quick: bool, locality: dict | None, threads: int, out: str):
 
 
 def train_step(tr, step: int) -> float:
-    """One optimizer step exactly as ``Trainer.fit`` takes it (grad_accum 1, no faults)."""
-    t = tr.cfg.train
-    x, y, blocks = tr._batch(step, 0)
-    with tr.accel.accumulate(tr.model):
-        loss = tr._loss(x, y, tr._context(blocks))
-        tr.accel.backward(loss)
-        if tr.accel.sync_gradients and t.grad_clip > 0:
-            tr.accel.clip_grad_norm_(tr.model.parameters(), t.grad_clip)
-        tr.optimizer.step()
-        tr.scheduler.step()
-        tr.optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    """One optimizer step exactly as ``Trainer.fit`` takes it (the trainer's own method)."""
+    tr.step = step
+    return tr.train_step()
 
 
 def plain_eval(tr) -> None:

@@ -2,7 +2,8 @@
 
 Every figure a benchmark reports is a ratio (or a rate) measured inside one run, because the
 absolute speed of a shared machine moves from minute to minute: variants are timed in
-interleaved rounds and compared by their medians, so a burst of load hits all of them alike.
+interleaved rounds and compared by the median of their per-round ratios, so a burst of load
+hits all of them alike.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 # The trial config of `localist train` without a file (4 layers, 128 wide, seq 128, batch 8) is
 # "the tiny config"; --quick uses the test suite's smaller one so the suite stays fast.
@@ -114,6 +117,12 @@ def to_json(rows: list[Row], path: str, extra: dict | None = None) -> None:
     with open(path, "w") as f:
         json.dump({"machine": machine(), **(extra or {}),
                    "rows": [{**asdict(r), "status": r.status} for r in rows]}, f, indent=1)
+
+
+def child_env(**extra: str) -> dict:
+    """Environment for a benchmark's child process (``python -m benchmarks.X`` run from ROOT)."""
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def silent(*_args, **_kw) -> None:

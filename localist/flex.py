@@ -54,6 +54,11 @@ def enabled() -> bool:
     return available() and _state["enabled"] and _state["failed"] is None
 
 
+def failure() -> str | None:
+    """Why the path was switched off in this process (after a failed call), else None."""
+    return _state["failed"]
+
+
 def usable(query: torch.Tensor, dropout: float) -> bool:
     """Whether this attention call may take the FlexAttention path."""
     return query.is_cuda and dropout == 0.0 and enabled()

@@ -44,6 +44,19 @@ class TrialResult:
     row: dict = field(default_factory=dict)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, because ru_maxrss can carry over a forking
+    parent's peak (a trial started from a large process would report the parent's size)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _precision(setting: str) -> str:
     if setting != "auto":
         return setting
@@ -181,6 +194,26 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
 
+    def train_step(self) -> float:
+        """One optimizer step (all its micro-batches) at self.step; returns its mean loss."""
+        t = self.cfg.train
+        fault = faults.check(self.step + 1, self.trial_id)
+        step_loss = 0.0
+        for micro in range(t.grad_accum):
+            x, y, blocks = self._batch(self.step, micro)
+            with self.accel.accumulate(self.model):
+                loss = self._loss(x, y, self._context(blocks))
+                if fault == "nan":
+                    loss = loss * float("nan")
+                self.accel.backward(loss)
+                if self.accel.sync_gradients and t.grad_clip > 0:
+                    self.accel.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            step_loss += float(loss.detach()) / t.grad_accum
+        return step_loss
+
     def fit(self, on_checkpoint: Callable[["Trainer"], None] | None = None,
             on_progress: Callable[[dict], None] | None = None) -> TrialResult:
         t = self.cfg.train
@@ -190,21 +223,7 @@ class Trainer:
         window_loss, window_n, tokens_per_step = 0.0, 0, t.batch_size * t.grad_accum * self.cfg.data.seq_len
         while self.step < t.steps:
             t0 = time.perf_counter()
-            fault = faults.check(self.step + 1, self.trial_id)
-            step_loss = 0.0
-            for micro in range(t.grad_accum):
-                x, y, blocks = self._batch(self.step, micro)
-                with self.accel.accumulate(self.model):
-                    loss = self._loss(x, y, self._context(blocks))
-                    if fault == "nan":
-                        loss = loss * float("nan")
-                    self.accel.backward(loss)
-                    if self.accel.sync_gradients and t.grad_clip > 0:
-                        self.accel.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                step_loss += float(loss.detach()) / t.grad_accum
+            step_loss = self.train_step()
             self.step += 1
             self.tokens_seen += tokens_per_step
             self.train_time += time.perf_counter() - t0
@@ -240,10 +259,7 @@ class Trainer:
             on_progress(info)
 
     def _finish(self, status: str, error: str | None, eval_loss: float, wall: float) -> TrialResult:
-        if torch.cuda.is_available():
-            peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mb()
         summary = {
             "status": status, "error": error, "eval_loss": eval_loss,
             "eval_ppl": math.exp(eval_loss) if math.isfinite(eval_loss) else math.nan,

@@ -13,7 +13,7 @@ from tests.helpers import CLI, attempts, env, kill_session, wait_for, write_swee
 
 # What legitimately differs between two runs of the same trial: timing, memory and provenance.
 VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s"}
-STEPS, CKPT = 40, 10
+STEPS, CKPT = 100, 10
 
 
 def sweep_file(tmp_path, name, store, **kw):
