@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 BUILTIN_CORPORA = ("kjv", "pydoc")
 
@@ -51,7 +51,9 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(None, description="tokenised-corpus cache (default $LOCALIST_CACHE or ~/.cache/localist)")
 
     @model_validator(mode="after")
-    def _corpus_exists(self) -> "DataConfig":
+    def _corpus_exists(self, info: ValidationInfo) -> "DataConfig":
+        if (info.context or {}).get("check_paths") is False:  # reading back a validated sweep
+            return self
         c = self.corpus
         if c not in BUILTIN_CORPORA and not c.startswith("hf:") and not Path(os.path.expanduser(c)).exists():
             raise ValueError(
@@ -213,9 +215,11 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "",
     return "\n".join(lines)
 
 
-def build(tree: dict[str, Any], source: str = "<config>", prefix: str = "") -> TrialConfig:
+def build(tree: dict[str, Any], source: str = "<config>", prefix: str = "", check_paths: bool = True) -> TrialConfig:
+    """check_paths=False skips checks that depend on the current folder (a saved sweep's corpus
+    path is relative to where it was started, not to where `status` is asked)."""
     try:
-        return TrialConfig.model_validate(tree)
+        return TrialConfig.model_validate(tree, context={"check_paths": check_paths})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source, prefix)) from None
 

@@ -59,7 +59,7 @@ def _cmd_sweep_status(a) -> int:
     from orchestrator.spec import expand
 
     sp = driver.load_saved(a.path)
-    trials = expand(sp, a.path)
+    trials = expand(sp, a.path, check_paths=False)
     df = status.run_states(a.path, trials)
     print(status.summary_line(df, driver.concurrency(sp, len(df))))
     print(status.table(df))
@@ -71,7 +71,8 @@ def _cmd_sweep_collect(a) -> int:
     from orchestrator.spec import expand
 
     sp = driver.load_saved(a.path)
-    return driver.finish(sp, expand(sp, a.path), a.path.rstrip("/"), print, aggregate=not a.no_aggregate)
+    return driver.finish(sp, expand(sp, a.path, check_paths=False), a.path.rstrip("/"), print,
+                         aggregate=not a.no_aggregate)
 
 
 def _cmd_aggregate(a) -> int:

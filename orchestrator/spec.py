@@ -60,9 +60,12 @@ class SweepSpec(BaseModel):
 
     @property
     def uri(self) -> str:
+        """Where the sweep lives; a relative local path is made absolute here, because Ray
+        workers do not share the driver's working directory."""
         from localist import io
 
-        return io.join(self.storage, self.name)
+        storage = self.storage if "://" in self.storage else os.path.abspath(os.path.expanduser(self.storage))
+        return io.join(storage, self.name)
 
 
 @dataclass
@@ -159,7 +162,7 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Sw
     return validate(raw, str(path))
 
 
-def expand(spec: SweepSpec, source: str = "<sweep>") -> list[Trial]:
+def expand(spec: SweepSpec, source: str = "<sweep>", check_paths: bool = True) -> list[Trial]:
     """Every grid cell x seed, then every comparator x seed, with duplicates resolved.
 
     Trials whose canonical configs are equal (e.g. peak 0 under every schedule) share one run:
@@ -187,7 +190,7 @@ def expand(spec: SweepSpec, source: str = "<sweep>") -> list[Trial]:
             if spec.checkpoint_every:
                 tree.setdefault("train", {})["checkpoint_every"] = spec.checkpoint_every
             try:
-                cfg = build(tree, source, prefix="")
+                cfg = build(tree, source, prefix="", check_paths=check_paths)
             except ConfigError as e:
                 raise ConfigError(f"{e} (in the trial made from {where}, seed {seed})") from None
             name = "__".join(coords.values()) if coords else comparator

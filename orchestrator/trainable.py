@@ -33,6 +33,10 @@ def sweep_trial(config: dict, runs: dict[str, dict], sweep_uri: str, cpus: float
     import ray
     from ray import tune
 
+    # Tune runs a trial inside its own trial folder; relative paths in trial configs (a corpus
+    # file, a local model) mean the folder the worker started in, as they do for `localist train`.
+    if os.environ.get("TUNE_ORIG_WORKING_DIR"):
+        os.chdir(os.environ["TUNE_ORIG_WORKING_DIR"])
     trial_id = config["trial_id"]
     out = layout.trial_dir(sweep_uri, trial_id)
     done = io.join(out, "trial.parquet")

@@ -15,8 +15,9 @@ CLI = [sys.executable, "-m", "orchestrator.cli"]
 
 
 def write_sweep(path: Path, name: str, storage: Path, steps: int = 12, checkpoint_every: int = 0,
-                log_every: int | None = None, **extra) -> Path:
+                log_every: int | None = None, base_data: dict | None = None, **extra) -> Path:
     base = json.loads(json.dumps(TINY))
+    base["data"].update(base_data or {})
     base["train"].update(steps=steps, eval_every=steps // 2, log_every=log_every or steps // 2)
     spec = {
         "name": name, "storage": str(storage), "base": base,

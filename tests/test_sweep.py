@@ -3,18 +3,23 @@ by row, dedup, status, idempotent collect, and a driver killed mid-sweep then re
 
 import json
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from localist.data import _kjv
 from tests.helpers import CLI, attempts, env, kill_session, wait_for, write_sweep
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    f = write_sweep(root / "tiny.yaml", "tiny", root / "store")
-    proc = subprocess.run(CLI + ["sweep", "run", str(f)], env=env(), capture_output=True, text=True, timeout=400)
+    corpus = root / "corpus.txt"  # a corpus file given by a path relative to where the user is
+    corpus.write_text(_kjv()[:150_000])
+    f = write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"})
+    proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
+                          timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "store" / "tiny", proc.stdout + proc.stderr
 
@@ -75,7 +80,7 @@ def test_rerun_of_a_finished_sweep_runs_nothing(finished, tmp_path):
     f = tmp_path / "again.yaml"
     f.write_text(yaml.safe_dump(spec))
     proc = subprocess.run(CLI + ["sweep", "run", str(f), "--no-aggregate"], env=env(), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=sweep.parent.parent)  # where its relative paths hold
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "continuing it" in proc.stdout
     assert set(attempts(sweep).values()) == {1}
