@@ -35,13 +35,14 @@ class LayerStats:
 
     entropy_bits: float = 0.0
     entropy_norm: float = 0.0
+    count: int = 0  # (query, head) pairs with at least two attendable keys
     in_block_mass: float = 0.0
-    count: int = 0
+    mass_count: int = 0  # (query, head) pairs past position 0, the same rows in every layer
 
     def means(self) -> dict[str, float]:
-        n = max(self.count, 1)
+        n, m = max(self.count, 1), max(self.mass_count, 1)
         return {"entropy_bits": self.entropy_bits / n, "entropy_norm": self.entropy_norm / n,
-                "in_block_mass": self.in_block_mass / n}
+                "in_block_mass": self.in_block_mass / m}
 
 
 @dataclass
@@ -122,14 +123,18 @@ def _explicit(module, ctx: LocalityContext, lam: float, query, key, value, dropo
     if ctx.collect_stats:
         with torch.no_grad():
             entropy = -torch.special.xlogy(probs, probs).sum(-1) / math.log(2)  # bits, (B, H, T)
-            visible = torch.arange(1, T + 1, device=query.device, dtype=torch.float32)
-            rows = visible >= 2  # a query that sees one key has no choice to measure
+            # Keys a query can attend to: all causal ones, except in a hard (lambda 1) layer,
+            # where only its own block's. A query that sees one key has no choice to measure.
+            allowed = causal & inblock if (ctx.mechanism == "bias" and lam >= 1.0) else causal[None, None]
+            visible = allowed.sum(-1, dtype=torch.float32).expand(probs.shape[0], -1, -1)  # (B, 1, T)
+            rows = (visible >= 2).expand_as(entropy)
+            norm = entropy / torch.log2(visible.clamp(min=2))
             st = ctx.stats.setdefault(layer, LayerStats())
-            n = int(rows.sum()) * probs.shape[0] * probs.shape[1]
-            st.entropy_bits += float(entropy[..., rows].sum())
-            st.entropy_norm += float((entropy[..., rows] / torch.log2(visible[rows])).sum())
-            st.in_block_mass += float((1.0 - out_block[..., rows]).sum())
-            st.count += n
+            st.entropy_bits += float(entropy[rows].sum())
+            st.entropy_norm += float(norm[rows].sum())
+            st.count += int(rows.sum())
+            st.in_block_mass += float((1.0 - out_block)[..., 1:].sum())
+            st.mass_count += out_block[..., 1:].numel()
             if layer in ctx.sample_layers:
                 S = min(ctx.sample_len, T)
                 ctx.samples[layer] = probs[0, :, :S, :S].mean(0).cpu()

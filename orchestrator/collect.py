@@ -38,9 +38,9 @@ def _outcome(sweep_uri: str, t: Trial) -> dict:
         return io.read_parquet(f).to_pylist()[0]
     err_f = io.join(d, "error.json")
     error, status = None, "missing"
-    if io.exists(err_f):
+    if io.exists(err_f):  # errored once every retry failed; until then (or if cut short) missing
         e = json.loads(io.read_text(err_f))
-        error, status = e["error"], "errored"
+        error, status = e["error"], "errored" if e.get("final") else "missing"
     return trial_row(t.run_id, t.config, {"status": status, "error": error, "eval_loss": math.nan,
                                           "eval_ppl": math.nan})
 

@@ -141,10 +141,13 @@ def concurrency(spec: SweepSpec, n_runs: int) -> int:
 
 
 def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[[str], None] = print,
-        aggregate: bool = True, progress_every: float = 20.0) -> int:
-    """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result."""
+        aggregate: bool = True, progress_every: float = 20.0, sweep_uri: str | None = None) -> int:
+    """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result.
+
+    sweep_uri overrides <storage>/<name> (resume of a sweep folder that was renamed or copied).
+    """
     trials = expand(spec, source)
-    sweep_uri = spec.uri
+    sweep_uri = sweep_uri or spec.uri
     with SweepLock(sweep_uri):
         spec_f = layout.spec_file(sweep_uri)
         text = _saved_spec(spec)
@@ -209,6 +212,9 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
 
 
 def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True) -> int:
+    """Continue the sweep stored at sweep_uri, wherever that folder now is and whatever its name."""
+    if "://" not in sweep_uri:
+        sweep_uri = os.path.abspath(os.path.expanduser(sweep_uri))
     spec = load_saved(sweep_uri)
-    spec = spec.model_copy(update={"storage": io.parent(sweep_uri)})  # the sweep may have been moved or copied
-    return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate)
+    return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate,
+               sweep_uri=sweep_uri)

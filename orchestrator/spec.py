@@ -195,6 +195,17 @@ def expand(spec: SweepSpec, source: str = "<sweep>", check_paths: bool = True) -
                 raise ConfigError(f"{e} (in the trial made from {where}, seed {seed})") from None
             name = "__".join(coords.values()) if coords else comparator
             trials.append(Trial(f"{name}__s{seed}", coords, comparator, seed, cfg))
+    seen: dict[str, Trial] = {}
+    for t in trials:
+        if t.trial_id in seen:
+            raise ConfigError(f"{source}: comparators.{t.comparator or ''}: trial id {t.trial_id!r} is also made by "
+                              "the grid; rename the comparator or the preset")
+        seen[t.trial_id] = t
+        n_layer = t.config.model.n_layer if t.config.model.name == "tiny" else None
+        lambdas = t.config.locality.lambdas
+        if t.config.locality.schedule == "list" and n_layer and len(lambdas or []) != n_layer:
+            raise ConfigError(f"{source}: locality.lambdas: {len(lambdas or [])} values for {n_layer} layers "
+                              f"(in trial {t.trial_id})")
     first: dict[str, str] = {}
     for t in trials:
         t.key = json.dumps(t.config.canonical().model_dump(), sort_keys=True)

@@ -124,3 +124,20 @@ def test_bf16_hard_locality_has_no_nan(ids):
     for kw in ({}, {"collect_stats": True}):
         out, _ = run(model, ids, [1.0, 1.0, 1.0], **kw)
         assert torch.isfinite(out).all()
+
+
+def test_entropy_counts_only_attendable_keys_in_hard_layers():
+    """At lambda 1 a query attends within its block only: uniform attention there is
+    normalised entropy 1, and block-start queries (one key) are left out of the entropy."""
+    model = make_model("localist", n_layer=1)
+    for p in model.transformer.h[0].attn.c_attn.parameters():
+        torch.nn.init.zeros_(p)
+    blocks = torch.tensor([[0] * 4 + [1] * 4])
+    ctx = LocalityContext(lambdas=[1.0], block=blocks, collect_stats=True)
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 8, dtype=torch.long), locality=ctx)
+    m = ctx.stats[0].means()
+    assert m["entropy_norm"] == pytest.approx(1.0, rel=1e-5)
+    expected_bits = 2 * (math.log2(2) + math.log2(3) + math.log2(4)) / 6
+    assert m["entropy_bits"] == pytest.approx(expected_bits, rel=1e-5)
+    assert m["in_block_mass"] == pytest.approx(1.0)

@@ -68,7 +68,7 @@ def test_quintic_localises_last_layer_and_keeps_first_layer(trained):
 
 
 def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, monkeypatch):
-    cfg = tiny_config(train={"checkpoint_every": 5}, locality={"peak": 0.5})
+    cfg = tiny_config(train={"checkpoint_every": 5, "log_every": 4}, locality={"peak": 0.5})
     clean = run_trial(cfg, str(tmp_path / "clean"), log=lambda *_: None)
     monkeypatch.setenv("LOCALIST_FAULT", f"raise@13:{tmp_path / 'fired'}")
     from localist.faults import InjectedFault
@@ -82,6 +82,10 @@ def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, mon
     assert resumed.eval_loss == pytest.approx(clean.eval_loss, abs=1e-6)
     steps = pd.read_parquet(tmp_path / "faulty" / "steps.parquet")
     assert steps.groupby(["split", "step"]).size().max() == 1  # no duplicated rows after resume
+    clean_steps = pd.read_parquet(tmp_path / "clean" / "steps.parquet")
+    # a train-loss window that spans the checkpoint (steps 9-12) is carried across the resume
+    pd.testing.assert_frame_equal(steps.drop(columns="elapsed_s"), clean_steps.drop(columns="elapsed_s"),
+                                  rtol=1e-6)
 
 
 def test_nan_loss_stops_as_diverged(tiny_config, tmp_path, monkeypatch):
