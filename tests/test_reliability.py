@@ -2,6 +2,7 @@
 that vanishes mid-sweep or is read-only, and two drivers on one sweep."""
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -136,8 +137,15 @@ def test_storage_vanishing_mid_sweep_keeps_finished_trials(tmp_path):
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert wait_for(lambda: len(list(store.glob("v/trials/*/trial.parquet"))) >= 1, 240, proc)
-        store.rename(tmp_path / "moved")  # the mount went away ...
-        store.write_text("not a directory any more")  # ... and something else is at its path
+        store.rename(tmp_path / "moved")  # the mount went away and something else is at its path
+        blocker = tmp_path / "blocker"
+        blocker.write_text("not a directory any more")
+        for i in range(50):  # running trials may recreate folders under the old path meanwhile
+            try:
+                os.replace(blocker, store)
+                break
+            except (IsADirectoryError, OSError):
+                store.rename(tmp_path / f"recreated-{i}")
         out, err = proc.communicate(timeout=240)
     finally:
         kill_session(proc)

@@ -17,7 +17,7 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     corpus = root / "corpus.txt"  # a corpus file given by a path relative to where the user is
     corpus.write_text(_kjv()[:150_000])
-    f = write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"})
+    write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"})
     proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
                           timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
