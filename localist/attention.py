@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from localist.blocks import in_block
+
 from localist import flex
 
 NAME = "localist"
@@ -67,13 +69,8 @@ class LocalityContext:
     def in_block(self, T: int, device) -> torch.Tensor:
         key = ("inblock", T, str(device))
         if key not in self._masks:
-            if self.window is not None:
-                pos = torch.arange(T, device=device)
-                m = ((pos[:, None] - pos[None, :]) < self.window)[None, None]
-            else:
-                b = self.block.to(device)
-                m = (b[:, :, None] == b[:, None, :])[:, None]
-            self._masks[key] = m
+            block = None if self.window is not None else self.block.to(device)
+            self._masks[key] = in_block(block, T, self.window, device)
         return self._masks[key]
 
     def mask(self, lam: float, T: int, device, dtype, boolean_hard: bool = True) -> torch.Tensor:

@@ -8,6 +8,7 @@ partitioner settings vary across a sweep while the tokens do not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -160,11 +161,15 @@ class Dataset:
         starts = self.train_starts if split == "train" else self.eval_starts
         return np.stack([block_ids(s, loc.partition, loc.min_len, loc.max_len) for s in starts])
 
-    def decode(self, ids) -> list[str]:
+    @functools.cached_property
+    def tokenizer(self):
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(self.tokenizer_path)
-        return [tok.decode([int(i)]) for i in ids]
+        return Tokenizer.from_file(self.tokenizer_path)
+
+    def decode(self, ids) -> list[str]:
+        """Each token's text (the trainer labels its attention sample at every evaluation)."""
+        return [self.tokenizer.decode([int(i)]) for i in ids]
 
 
 def cache_root(cfg: DataConfig) -> Path:

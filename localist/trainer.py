@@ -251,7 +251,7 @@ class Trainer:
         eval_loss = math.nan
         if status == "completed":
             eval_loss = next(r["loss"] for r in reversed(self.step_rows) if r["split"] == "eval")
-        return self._finish(status, None, eval_loss, self.wall_before + time.perf_counter() - self._wall0)
+        return self._finish(status, eval_loss, self.wall_before + time.perf_counter() - self._wall0)
 
     def _progress(self, loss: float, on_progress) -> None:
         t = self.cfg.train
@@ -265,10 +265,10 @@ class Trainer:
         if on_progress:
             on_progress(info)
 
-    def _finish(self, status: str, error: str | None, eval_loss: float, wall: float) -> TrialResult:
+    def _finish(self, status: str, eval_loss: float, wall: float) -> TrialResult:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mb()
         summary = {
-            "status": status, "error": error, "eval_loss": eval_loss,
+            "status": status, "error": None, "eval_loss": eval_loss,  # a raising trial writes error.json instead
             "eval_ppl": math.exp(eval_loss) if math.isfinite(eval_loss) else math.nan,
             "final_step": self.step, "train_tokens": self.tokens_seen,
             "tokens_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0,

@@ -23,7 +23,7 @@ def _cmd_train(a) -> int:
 
 
 def _load_sweep(a):
-    from localist.config import apply_overrides, flatten
+    from localist.config import apply_overrides
     from orchestrator import spec as sweep_spec
 
     overrides = {}
@@ -31,9 +31,7 @@ def _load_sweep(a):
         overrides["storage"] = a.storage
     if a.set:
         overrides["base"] = apply_overrides({}, a.set, source=f"{a.file}: --set")
-    sp = sweep_spec.load(a.file, overrides)
-    del flatten
-    return sp
+    return sweep_spec.load(a.file, overrides)
 
 
 def _cmd_sweep_run(a) -> int:
