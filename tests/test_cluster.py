@@ -95,16 +95,27 @@ class LocalCluster:
         self.port, self.dash = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dash}"
         self.procs: list[subprocess.Popen] = []
+        self.args: dict[str, list[str]] = {}
 
-    def _start(self, name: str, args: list[str]) -> None:
-        ray = str(Path(sys.executable).parent / "ray")
+    def argv(self, name: str) -> list[str]:
+        """The `ray start` arguments of the node `name` (head or worker): cluster/README.md's one-machine
+        commands plus --block and ports of its own (a test checks the README against these)."""
+        if name == "head":
+            own = ["--head", f"--port={self.port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
+                   f"--ray-client-server-port={free_port()}"]
+        else:
+            own = [f"--address={NODE_IP}:{self.port}"]
         # One temp dir per node: nodes sharing one would share (and delete) unpacked runtime environments.
-        common = ["--block", f"--node-ip-address={NODE_IP}", "--num-cpus=1", f"--temp-dir={self.dir / name[0]}",
-                  "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
-                  f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-                  f"--runtime-env-agent-port={free_port()}"]
+        return own + ["--block", f"--node-ip-address={NODE_IP}", "--num-cpus=1", f"--temp-dir={self.dir / name[0]}",
+                      "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
+                      f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+                      f"--runtime-env-agent-port={free_port()}"]
+
+    def _start(self, name: str) -> None:
+        ray = str(Path(sys.executable).parent / "ray")
+        self.args[name] = self.argv(name)
         with open(self.dir / f"{name}.log", "w") as log:
-            self.procs.append(subprocess.Popen([ray, "start", *args, *common], env=self.env, stdout=log,
+            self.procs.append(subprocess.Popen([ray, "start", *self.args[name]], env=self.env, stdout=log,
                                                stderr=subprocess.STDOUT, start_new_session=True))
 
     def _wait(self, what: str, ok, timeout: float = 90) -> None:
@@ -132,10 +143,9 @@ class LocalCluster:
         return [n for n in self.get("/api/v0/nodes")["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
     def start(self) -> "LocalCluster":
-        self._start("head", ["--head", f"--port={self.port}", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={self.dash}", f"--ray-client-server-port={free_port()}"])
+        self._start("head")
         self._wait("the head node", lambda: len(self.nodes()) == 1)
-        self._start("worker", [f"--address={NODE_IP}:{self.port}"])
+        self._start("worker")
         self._wait("the worker node", lambda: len(self.nodes()) == 2)
         self.started = time.time()
         return self
@@ -253,6 +263,7 @@ def test_submit_follow_runs_on_both_nodes_into_s3(cluster, moto_s3, tmp_path):
 CLUSTER = REPO / "cluster"
 MANIFESTS = sorted(p for p in CLUSTER.iterdir() if p.suffix in (".yaml", ".sbatch") or p.name == "Dockerfile")
 SUBCOMMANDS = "train|sweep|aggregate|submit|jobs"
+PROJECT_IMAGE = "REGISTRY/localist:IMAGE_TAG"  # cluster/Dockerfile's image, tagged with the code version
 
 
 def ray_pin() -> str:
@@ -311,7 +322,8 @@ def test_manifest_parses_names_a_sweep_and_real_commands_and_the_pinned_ray(path
     assert sweeps, f"{path.name}: runs no sweep file"
     versions = re.findall(r"ray(?:\[[\w,]+\])?==([\w.]+)", text) + re.findall(r"rayproject/ray:([\d.]+)", text)
     versions += re.findall(r"rayVersion:\s*['\"]?([\d.]+)", text)
-    assert versions or path.suffix == ".sbatch", f"{path.name}: names no Ray version"  # SLURM: the checkout's .venv
+    # SLURM: the checkout's .venv; a template that runs the project image has the Dockerfile's Ray.
+    assert versions or path.suffix == ".sbatch" or PROJECT_IMAGE in text, f"{path.name}: names no Ray version"
     assert set(versions) <= {ray_pin()}, f"{path.name}: Ray {set(versions)} but the project pins {ray_pin()}"
 
 
@@ -335,11 +347,14 @@ def test_ray_up_config_is_a_valid_launcher_config():
     assert gpu["min_workers"] == 0 < gpu["max_workers"] <= cfg["max_workers"]
     assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))  # a GPU instance type
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
-    assert any("localist[cluster]" in c for c in cfg["setup_commands"])
+    # Every node runs the project image (torch, the project and the model inside); nothing is installed per node.
+    assert cfg["docker"]["image"] == PROJECT_IMAGE and cfg["docker"]["pull_before_run"] is True
+    assert not any("pip install" in c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands",
+                                                  "initialization_commands") for c in cfg.get(key, []))
 
 
 def test_kuberay_rayjob_runs_the_paper_sweep_and_cleans_up():
-    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    job = next(yaml.safe_load_all((CLUSTER / "kuberay-rayjob.yaml").read_text()))
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     spec, cluster = job["spec"], job["spec"]["rayClusterSpec"]
     assert spec["shutdownAfterJobFinishes"] is True and "sweeps/paper.yaml" in spec["entrypoint"]
@@ -353,3 +368,242 @@ def test_kuberay_rayjob_runs_the_paper_sweep_and_cleans_up():
     for c in containers:  # S3 credentials only by reference to a Secret
         assert c["envFrom"] == [{"secretRef": {"name": "localist-s3", "optional": True}}]
         assert not any(e.get("value") for e in c.get("env", []) if e["name"].startswith("AWS_"))
+
+
+# --- what a security reviewer and a cluster admin check ------------------------------------------
+
+def kuberay() -> tuple[dict, dict]:
+    """The RayJob and the NetworkPolicy of cluster/kuberay-rayjob.yaml."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all((CLUSTER / "kuberay-rayjob.yaml").read_text())}
+    return docs["RayJob"], docs["NetworkPolicy"]
+
+
+def gib(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9, "": 1}
+    number, unit = re.fullmatch(r"([\d.]+)([KMG]i?|)", str(quantity)).groups()
+    return float(number) * units[unit] / 2**30
+
+
+def test_workers_get_their_own_least_privilege_role():
+    cfg = yaml.safe_load((CLUSTER / "ray-up-aws.yaml").read_text())
+    nodes = cfg["available_node_types"]
+    head = nodes[cfg["head_node_type"]]["node_config"]["IamInstanceProfile"]["Name"]
+    workers = {n["node_config"]["IamInstanceProfile"]["Name"] for k, n in nodes.items() if k != cfg["head_node_type"]}
+    assert head not in workers and "ray-autoscaler-v1" not in workers | {head}  # not the launcher's profile
+    policy = {name: json.loads((CLUSTER / "iam" / f"{name}-policy.json").read_text()) for name in ("head", "worker")}
+    assert workers == {"localist-worker"} and head == "localist-head"  # the names the README's commands create
+
+    def allowed(doc):
+        return [(a, r) for s in doc["Statement"] if s["Effect"] == "Allow"
+                for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+                for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+
+    worker = allowed(policy["worker"])
+    assert not [a for a, _ in worker if a.split(":")[0] not in ("s3", "ecr") or "*" in a], worker  # no EC2, IAM, s3:*
+    assert {r for a, r in worker if a.startswith("s3:")} == {"arn:aws:s3:::YOUR_BUCKET", "arn:aws:s3:::YOUR_BUCKET/*"}
+    assert {r for a, r in worker if a.startswith("ecr:") and a != "ecr:GetAuthorizationToken"} \
+        == {"arn:aws:ecr:*:ACCOUNT_ID:repository/localist"}
+    head_only = set(allowed(policy["head"])) - set(worker)
+    assert {a for a, _ in head_only} == {"iam:PassRole", "ssm:GetParameters"}
+    assert {r for a, r in head_only if a == "iam:PassRole"} == {"arn:aws:iam::ACCOUNT_ID:role/localist-worker"}
+    trust = json.loads((CLUSTER / "iam" / "ec2-trust.json").read_text())
+    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
+
+    readme = (CLUSTER / "README.md").read_text()  # the step that creates both roles and profiles
+    assert "for node in head worker; do" in readme and "file://cluster/iam/ec2-trust.json" in readme
+    for command in ("create-role --role-name localist-$node", "put-role-policy --role-name localist-$node",
+                    "cluster/iam/$node-policy.json", "create-instance-profile --instance-profile-name localist-$node",
+                    "add-role-to-instance-profile --instance-profile-name localist-$node --role-name localist-$node"):
+        assert f"aws iam {command}" in readme or command in readme, command
+
+
+def test_kuberay_pods_fit_the_common_one_gpu_nodes_and_pull_each_code_version():
+    job, policy = kuberay()
+    cluster = job["spec"]["rayClusterSpec"]
+    paper = yaml.safe_load((REPO / "sweeps" / "paper.yaml").read_text())["resources"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for group in cluster["workerGroupSpecs"]:
+        c = group["template"]["spec"]["containers"][0]
+        requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+        # A 16 GB, 4-vCPU node (g5.xlarge, g4dn.xlarge, g2-standard-4) after the system's reservations.
+        assert gib(requests["memory"]) <= 14 and gib(limits["memory"]) <= 14 and float(requests["cpu"]) <= 3.5
+        assert requests["nvidia.com/gpu"] == limits["nvidia.com/gpu"] == paper["gpu"]
+        assert float(group["rayStartParams"]["num-cpus"]) >= paper["cpu"]  # one paper trial fits one pod
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
+    assert gib(head["requests"]["memory"]) <= 14 and float(head["requests"]["cpu"]) <= 3.5
+    text = (CLUSTER / "kuberay-rayjob.yaml").read_text()
+    assert "cloud.google.com/gke-accelerator:" in text and "node.kubernetes.io/instance-type: g5.xlarge" in text
+    for template in templates:
+        c = template["spec"]["containers"][0]
+        assert c["image"] == PROJECT_IMAGE and c["imagePullPolicy"] == "Always"
+        # Every Ray pod is one the NetworkPolicy guards.
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    own, *others = policy["spec"]["ingress"]
+    assert own == {"from": [{"podSelector": policy["spec"]["podSelector"]}]}  # the job's pods: all ports
+    assert others and all(r["ports"] == [{"port": 8265, "protocol": "TCP"}] for r in others)  # the rest: dashboard
+    readme = (CLUSTER / "README.md").read_text()
+    sizes = readme[readme.index("**Node sizes.**"):readme.index("## From an empty AWS account")]
+    for machine in ("g5.xlarge", "g4dn.xlarge", "g2-standard-4", "12Gi", "8Gi"):
+        assert machine in sizes, machine
+    assert "IMAGE_TAG|$TAG" in readme and "git describe --tags --always --dirty" in readme
+
+
+def torch_pin() -> str:
+    pins = set(re.findall(r"\btorch==([\w.+]+)", (CLUSTER / "Dockerfile").read_text()))
+    assert len(pins) == 1, f"cluster/Dockerfile pins torch {pins or 'nowhere'}"
+    return pins.pop()
+
+
+def test_torch_is_pinned_in_the_image_and_no_template_resolves_it():
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    pin = torch_pin()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pin)
+    assert re.search(rf"torch.__version__, torch.version.cuda\) == \('{re.escape(pin)}', '\d+\.\d+'\)", dockerfile)
+    # Every `pip install` in a template that installs torch or the project names the pinned torch.
+    for path in MANIFESTS:
+        for line in re.sub(r"\\\n\s*", " ", path.read_text()).splitlines():
+            for command in re.findall(r"pip install ([^&;|]*)", line.lstrip("# ")):
+                words = command.split()
+                if any(re.match(r"[\"']?(torch\b|\.\[|\S*localist\[)", w) for w in words):
+                    assert f"torch=={pin}" in words, f"{path.name}: pip install {command}"
+    # The other templates run the image; none of them installs anything itself.
+    for name in ("ray-up-aws.yaml", "kuberay-rayjob.yaml"):
+        text = (CLUSTER / name).read_text()
+        assert PROJECT_IMAGE in text and "rayproject/ray" not in text and "pip install" not in text, name
+    # The model is in the image and trials run offline; the paper sweep's model is the one fetched.
+    assert re.search(r"^ENV HF_HUB_OFFLINE=1$", dockerfile, re.M) and re.search(r"^ENV HF_HOME=\S+", dockerfile, re.M)
+    models = re.search(r"^ARG HF_MODELS=(.*)$", dockerfile, re.M).group(1).strip("\"'").split()
+    assert yaml.safe_load((REPO / "sweeps" / "paper.yaml").read_text())["base"]["model"]["name"] in models
+    assert "--mount=type=secret,id=hf_token" in dockerfile  # a token, if any, never lands in a layer
+
+
+def port_table() -> dict[int, str]:
+    """cluster/README.md's port table: port (ranges expanded to their ends) -> its row."""
+    readme = (CLUSTER / "README.md").read_text()
+    section = readme[readme.index("## Ports"):readme.index("## Trying it on one machine")]
+    rows = {}
+    for row in re.findall(r"^\| (\d+(?:-\d+)?) \|.*$", section, re.M):
+        line = next(r for r in section.splitlines() if r.startswith(f"| {row} |"))
+        for port in row.split("-"):
+            rows[int(port)] = line
+    return rows
+
+
+def test_readme_names_every_listening_port():
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
+    from ray.dashboard.consts import DASHBOARD_METRIC_PORT
+
+    table = port_table()
+    cfg = yaml.safe_load((CLUSTER / "ray-up-aws.yaml").read_text())
+    starts = " ".join(cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"])
+    ports = {int(p) for p in re.findall(r"--[\w-]*port=(\d+)", starts)}
+    job, _ = kuberay()
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports |= {p["containerPort"] for p in head["ports"]}
+    ports |= {22, AUTOSCALER_METRIC_PORT, DASHBOARD_METRIC_PORT}  # SSH; Ray's fixed metrics ports
+    assert ports - set(table) == set(), f"listening ports missing from cluster/README.md: {ports - set(table)}"
+    # The ones that answer without the token are exactly the metrics ports, and the README says so.
+    answering = {p for p, row in table.items() if "**answers**" in row}
+    assert answering == {8080, AUTOSCALER_METRIC_PORT, DASHBOARD_METRIC_PORT}
+    assert "--metrics-export-port" in table[8080] and "--metrics-export-port=8080" in starts
+
+
+def test_one_machine_section_is_what_the_test_cluster_runs():
+    """cluster/README.md's one-machine commands: in a working order, with the flags the cluster fixture uses."""
+    from orchestrator.cli import parser
+
+    readme = (CLUSTER / "README.md").read_text()
+    block = re.search(r"## Trying it on one machine.*?```bash\n(.*?)```", readme, re.S).group(1)
+    lines = [line.split(" #")[0].strip() for line in block.splitlines()]
+    assert lines[0] == "source .venv/bin/activate"  # before `python`: where only python3 exists, python is the venv's
+    assert re.fullmatch(r'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=\$\(python -c ".*"\)', lines[1])
+    starts = [shlex.split(line) for line in lines if line.startswith("ray start")]
+    assert len(starts) == 2
+    c = LocalCluster({})
+    try:
+        for words, node in zip(starts, ("head", "worker")):
+            flags = {w.split("=")[0]: w.partition("=")[2] for w in words[2:]}
+            ours = {w.split("=")[0]: w.partition("=")[2] for w in c.argv(node)}
+            assert set(flags) <= set(ours), f"{node}: the test cluster does not run {set(flags) - set(ours)}"
+            for same in ("--node-ip-address", "--num-cpus", "--dashboard-host", "--disable-usage-stats"):
+                assert flags.get(same) == ours.get(same), (node, same)
+            assert ("--head" in flags) == (node == "head") and "--disable-usage-stats" in flags
+    finally:
+        shutil.rmtree(c.dir, ignore_errors=True)
+    for argv in localist_commands(block):
+        parser().parse_args(argv)
+
+
+def _address(hex_addr: str) -> str:
+    """An address of /proc/net/tcp{,6} as text (IPv4-mapped IPv6 as IPv4)."""
+    raw = bytes.fromhex(hex_addr)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    ip = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return str(ip.ipv4_mapped or ip)
+
+
+def listening_sockets(pids) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket the processes `pids` listen on, from /proc: what `ss -ltnp` shows."""
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes[link[8:-1]] = pid
+        except OSError:  # gone meanwhile
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].rsplit(":", 1)
+                found.append((_address(address), int(port, 16), inodes[fields[9]]))
+    return sorted(found, key=lambda s: s[1])
+
+
+def unauthenticated(host: str, port: int, path: str) -> str:
+    """What an HTTP GET without the Ray token gets: 'HTTP <status>', or why there was no HTTP answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return f"HTTP {conn.getresponse().status}"
+    except (OSError, http.client.HTTPException) as e:  # gRPC servers answer HTTP/1 with HTTP/2 frames
+        return f"no HTTP ({type(e).__name__})"
+    finally:
+        conn.close()
+
+
+def test_only_the_documented_metrics_ports_answer_without_the_token(cluster):
+    """`ss`-style evidence: every port the running cluster's processes listen on, and what an HTTP
+    request without the token gets from it. Only the metrics ports of the README's table answer."""
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
+    from ray.dashboard.consts import DASHBOARD_METRIC_PORT
+
+    metrics = {int(a.split("=")[1]) for args in cluster.args.values() for a in args
+               if a.startswith("--metrics-export-port=")}
+    metrics |= {AUTOSCALER_METRIC_PORT, DASHBOARD_METRIC_PORT}
+    sockets = listening_sockets(_tree([p.pid for p in cluster.procs]))
+    assert {cluster.port, cluster.dash} <= {port for _, port, _ in sockets}
+    answered, report = set(), []
+    for address, port, pid in sockets:
+        host = {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(address, address)
+        results = {path: unauthenticated(host, port, path) for path in ("/", "/metrics", "/api/jobs/")}
+        name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        report.append(f"{address:>15}:{port:<6} {Path(name).name[:28]:<28} {results}")
+        if port == cluster.dash:  # the dashboard: its static UI page loads, nothing else
+            assert results["/metrics"] == results["/api/jobs/"] == "HTTP 401", results
+        elif any(re.fullmatch(r"HTTP [23]\d\d", r) for r in results.values()):
+            answered.add(port)
+    print("\n" + "\n".join(report))
+    assert answered <= metrics, f"ports answering without the token that the README does not list: {answered - metrics}"
+    assert answered, "no metrics port answered: Ray changed; check the README's port table"
+    for port in answered:  # and what they answer is Prometheus text, read-only
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert b"# TYPE " in r.read()
+    assert {p for p, row in port_table().items() if "**answers**" in row} >= {AUTOSCALER_METRIC_PORT,
+                                                                               DASHBOARD_METRIC_PORT}
