@@ -564,6 +564,17 @@ def listening_sockets(pids) -> list[tuple[str, int, int]]:
     return sorted(found, key=lambda s: s[1])
 
 
+def _program(pid: int) -> str:
+    """A short name for a process: its script or module for Python, else its executable."""
+    try:
+        args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return "?"
+    words = [a for a in args[1:] if not a.startswith("-") or a == "-m"] if "python" in Path(args[0]).name else args
+    name = words[1] if words[:1] == ["-m"] and len(words) > 1 else (words or args or ["?"])[0]
+    return Path(name).name[:24]
+
+
 def unauthenticated(host: str, port: int, path: str) -> str:
     """What an HTTP GET without the Ray token gets: 'HTTP <status>', or why there was no HTTP answer."""
     import http.client
@@ -593,8 +604,7 @@ def test_only_the_documented_metrics_ports_answer_without_the_token(cluster):
     for address, port, pid in sockets:
         host = {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(address, address)
         results = {path: unauthenticated(host, port, path) for path in ("/", "/metrics", "/api/jobs/")}
-        name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        report.append(f"{address:>15}:{port:<6} {Path(name).name[:28]:<28} {results}")
+        report.append(f"{address:>15}:{port:<6} {_program(pid):<24} {results}")
         if port == cluster.dash:  # the dashboard: its static UI page loads, nothing else
             assert results["/metrics"] == results["/api/jobs/"] == "HTTP 401", results
         elif any(re.fullmatch(r"HTTP [23]\d\d", r) for r in results.values()):
