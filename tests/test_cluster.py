@@ -182,7 +182,7 @@ def cluster():
     finally:
         t1 = time.time()
         c.stop()
-        print(f"\ncluster: started in {c.started - t0:.1f}s, stopped in {time.time() - t1:.1f}s")
+        print(f"\ncluster: started in {getattr(c, 'started', t1) - t0:.1f}s, stopped in {time.time() - t1:.1f}s")
 
 
 def client_env(cluster, s3_env) -> dict:
