@@ -469,7 +469,8 @@ def test_torch_is_pinned_in_the_image_and_no_template_resolves_it():
     # The other templates run the image; none of them installs anything itself.
     for name in ("ray-up-aws.yaml", "kuberay-rayjob.yaml"):
         text = (CLUSTER / name).read_text()
-        assert PROJECT_IMAGE in text and "rayproject/ray" not in text and "pip install" not in text, name
+        assert PROJECT_IMAGE in text and "cluster/Dockerfile" in text, name  # the image built from the pin
+        assert "rayproject/ray" not in text and "pip install" not in text, name
     # The model is in the image and trials run offline; the paper sweep's model is the one fetched.
     assert re.search(r"^ENV HF_HUB_OFFLINE=1$", dockerfile, re.M) and re.search(r"^ENV HF_HOME=\S+", dockerfile, re.M)
     models = re.search(r"^ARG HF_MODELS=(.*)$", dockerfile, re.M).group(1).strip("\"'").split()
