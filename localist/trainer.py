@@ -221,7 +221,9 @@ class Trainer:
         return step_loss
 
     def fit(self, on_checkpoint: Callable[["Trainer"], None] | None = None,
-            on_progress: Callable[[dict], None] | None = None) -> TrialResult:
+            on_progress: Callable[[dict], None] | None = None,
+            on_eval: Callable[["Trainer", float], None] | None = None) -> TrialResult:
+        """on_eval(trainer, eval_loss) after every evaluation but the last (the result carries that one)."""
         t = self.cfg.train
         self._wall0 = time.perf_counter()
         status = "completed"
@@ -245,7 +247,9 @@ class Trainer:
                 self._progress(mean, on_progress)
                 self.loss_window = [0.0, 0]
             if self.step % t.eval_every == 0 or self.step == t.steps:
-                self.evaluate()
+                loss = self.evaluate()
+                if on_eval and self.step < t.steps:
+                    on_eval(self, loss)
             if on_checkpoint and t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
                 on_checkpoint(self)
         eval_loss = math.nan

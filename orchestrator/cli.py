@@ -54,10 +54,13 @@ def _cmd_sweep_resume(a) -> int:
 
 def _cmd_sweep_status(a) -> int:
     from orchestrator import driver, status
-    from orchestrator.spec import expand
 
     sp = driver.load_saved(a.path)
-    trials = expand(sp, a.path, check_paths=False)
+    trials = driver.trials_of(sp, a.path, a.path, check_paths=False)
+    if sp.search:
+        from orchestrator.search_run import search_trials
+
+        trials = search_trials(sp, a.path) + trials
     df = status.run_states(a.path, trials)
     print(status.summary_line(df, driver.concurrency(sp, len(df))))
     print(status.table(df))
@@ -66,10 +69,9 @@ def _cmd_sweep_status(a) -> int:
 
 def _cmd_sweep_collect(a) -> int:
     from orchestrator import driver
-    from orchestrator.spec import expand
 
     sp = driver.load_saved(a.path)
-    return driver.finish(sp, expand(sp, a.path, check_paths=False), a.path.rstrip("/"), print,
+    return driver.finish(sp, driver.trials_of(sp, a.path, a.path, check_paths=False), a.path.rstrip("/"), print,
                          aggregate=not a.no_aggregate)
 
 

@@ -28,6 +28,8 @@ def _coords(spec: SweepSpec, t: Trial) -> dict:
     c.setdefault("schedule", t.coords.get("schedule"))
     c["comparator"] = t.comparator
     c["seed"] = t.seed
+    if spec.search:  # a confirm trial: which searched setting it reruns (1 = best)
+        c["search_rank"] = t.rank
     return c
 
 

@@ -158,27 +158,41 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             log(f"[sweep] {sweep_uri} exists with this spec: continuing it (finished trials are kept)")
         else:
             io.write_text(spec_f, text)
-        log(f"[sweep] {spec.name}: {len(trials)} results from {len(runs(trials))} runs -> {sweep_uri}")
+        if spec.search:
+            log(f"[sweep] {spec.name}: search, then {'confirm' if spec.search.confirm else 'no confirm'} -> {sweep_uri}")
+        else:
+            log(f"[sweep] {spec.name}: {len(trials)} results from {len(runs(trials))} runs -> {sweep_uri}")
         _prepare_data(trials, log)
         _init_ray(address)
         import ray
 
         try:
-            tuner, restored = _tuner(spec, trials, sweep_uri)
-            if restored:
-                log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
-            ticker = _Progress(sweep_uri, trials, concurrency(spec, len(runs(trials))), log, progress_every)
-            ticker.start()
+            def fit(tuner, ticked: list[Trial] | None = None):
+                ticker = None
+                if ticked:
+                    ticker = _Progress(sweep_uri, ticked, concurrency(spec, len(runs(ticked))), log, progress_every)
+                    ticker.start()
+                try:
+                    grid = tuner.fit()
+                except Exception as e:
+                    _storage_alive(sweep_uri, e)
+                    raise
+                finally:
+                    if ticker:
+                        ticker.halt.set()
+                _storage_alive(sweep_uri)
+                return grid
+
             t0 = time.time()
-            try:
-                grid = tuner.fit()
-            except Exception as e:
-                _storage_alive(sweep_uri, e)
-                raise
-            finally:
-                ticker.halt.set()
-            _storage_alive(sweep_uri)
-            _mark_final_errors(grid, sweep_uri)
+            if spec.search:
+                from orchestrator import search_run
+
+                trials = search_run.run(spec, source, sweep_uri, log, fit)
+            else:
+                tuner, restored = _tuner(spec, trials, sweep_uri)
+                if restored:
+                    log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
+                _mark_final_errors(fit(tuner, trials), sweep_uri)
             log(f"[sweep] Ray Tune finished in {time.time() - t0:.1f}s")
         finally:
             ray.shutdown()
@@ -190,14 +204,30 @@ def _mark_final_errors(grid, sweep_uri: str) -> None:
     for r in grid:
         if r.error is None:
             continue
-        tid = r.config["trial_id"]
+        tid = r.config.get("trial_id") or os.path.basename(r.path.rstrip("/"))  # search trials: named by Tune
         f = io.join(layout.trial_dir(sweep_uri, tid), "error.json")
         err = json.loads(io.read_text(f)) if io.exists(f) else {"error": str(r.error).splitlines()[-1]}
         err["final"] = True
         io.write_text(f, json.dumps(err))
 
 
+def trials_of(spec: SweepSpec, sweep_uri: str, source: str, check_paths: bool = True) -> list[Trial]:
+    """The ordinary trials of a sweep: its grid, or a search's confirmation (once the search ended)."""
+    if spec.search:
+        from orchestrator.search import confirm_trials
+
+        return confirm_trials(spec, sweep_uri, source, check_paths)
+    return expand(spec, source, check_paths)
+
+
 def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate: bool = True) -> int:
+    search_bad = 0
+    if spec.search:
+        from orchestrator import search_run
+
+        search_bad = search_run.finish(spec, sweep_uri, log)
+        if not trials:
+            return 0 if search_bad == 0 else 1
     counts = collect(spec, trials, sweep_uri)
     results = layout.results_dir(sweep_uri)
     log(f"[sweep] results: {counts} -> {results}/trials.parquet (+ steps, layers, attention)")
@@ -208,7 +238,7 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
         if out.get("report"):
             log(f"[sweep] report: {out['report']}")
     bad = sum(v for k, v in counts.items() if k not in ("completed", "diverged"))
-    return 0 if bad == 0 else 1
+    return 0 if bad == 0 and search_bad == 0 else 1
 
 
 def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True) -> int:

@@ -33,6 +33,13 @@ def render(spec: SweepSpec, trials: list[Trial]) -> str:
                      "runs_as": "(runs)" if t.run_id == t.trial_id else t.run_id,
                      "mechanism": loc.mechanism, "partition": loc.partition, "lambdas": lam})
     df = pd.DataFrame(rows)
+    if spec.search:  # the cells a search samples in; seeds and totals come from the search section
+        from orchestrator.search import describe
+
+        cells = df[df["seed"] == spec.seeds[0]].drop(columns=["seed", "trial_id"])
+        cells["runs_as"] = cells["runs_as"].str.replace(r"__s\d+$", "", regex=True)  # searched by that cell
+        return "\n".join([f"sweep {spec.name!r} -> {spec.uri}", cells.to_string(index=False), "", *describe(spec),
+                          f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU"])
     unique = runs(trials)
     tokens = {k: _tokens(v) for k, v in unique.items()}
     total = sum(tokens.values())

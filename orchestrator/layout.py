@@ -5,7 +5,9 @@
   trials/<run_id>/           one trial's trial/steps/layers/attention.parquet, progress.json,
                              attempts/*.json (one per start) and error.json (last failure)
   tune/                      Ray Tune's experiment state and checkpoints
-  results/                   consolidated {trials,steps,layers,attention}.parquet
+  tune-search/<group>/       search sweeps: one Tune experiment per search (searcher state inside)
+  search/<group>.json        a finished search: its trials, ranked, and the settings to confirm
+  results/                   consolidated {trials,steps,layers,attention}.parquet (+ search.parquet)
   summary/                   aggregation: cells/layers.parquet, report.html, figures
 """
 
@@ -28,3 +30,11 @@ def tune_dir(sweep_uri: str) -> str:
 
 def results_dir(sweep_uri: str) -> str:
     return io.join(sweep_uri, "results")
+
+
+def search_tune_dir(sweep_uri: str, group: str) -> str:
+    return io.join(sweep_uri, "tune-search", group)
+
+
+def search_file(sweep_uri: str, group: str) -> str:
+    return io.join(sweep_uri, "search", f"{group}.json")

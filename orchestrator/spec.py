@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from localist.config import (ConfigError, TrialConfig, build, deep_merge, flatten, format_validation_error,
                              load_yaml, nearest, valid_keys)
+from orchestrator import search as search_section
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SPEC_KEYS = ["name", "description", "base", "grid", "comparators", "resources", "max_concurrent", "storage",
-             "retries", "checkpoint_every"]
+             "retries", "checkpoint_every", "search"]
 
 
 class Resources(BaseModel):
@@ -42,6 +43,7 @@ class SweepSpec(BaseModel):
     storage: str = "./results"
     retries: int = Field(2, ge=0)
     checkpoint_every: int = Field(0, ge=0, description="steps between trial checkpoints (0 = none)")
+    search: search_section.Search | None = Field(None, description="sample settings, then confirm the best")
 
     @field_validator("name")
     @classmethod
@@ -78,6 +80,7 @@ class Trial:
     seed: int
     config: TrialConfig
     run_id: str = ""  # the trial whose run stands for this one (itself unless deduplicated)
+    rank: int = 0  # confirm trials: the rank of their searched setting (1 = best)
     key: str = field(default="", repr=False)
 
 
@@ -130,6 +133,8 @@ def validate(raw: dict[str, Any], source: str) -> SweepSpec:
         _check_name(source, f"comparators.{name}", name)
         _check_overrides(over or {}, source, f"comparators.{name}")
     _check_storage(spec.storage, source)
+    if spec.search:
+        search_section.check(spec, source)
     return spec
 
 
@@ -162,39 +167,63 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Sw
     return validate(raw, str(path))
 
 
-def expand(spec: SweepSpec, source: str = "<sweep>", check_paths: bool = True) -> list[Trial]:
-    """Every grid cell x seed, then every comparator x seed, with duplicates resolved.
+@dataclass
+class Cell:
+    """One grid cell or comparator: its name, coordinates and merged (partial) trial tree."""
 
-    Trials whose canonical configs are equal (e.g. peak 0 under every schedule) share one run:
-    the first in grid order runs, the others record it as their run_id.
-    """
-    trials: list[Trial] = []
+    name: str
+    coords: dict[str, str]
+    comparator: str | None
+    tree: dict[str, Any]
+    where: str  # the sweep-file keys it is made from, for error messages
+
+
+def cells(spec: SweepSpec) -> list[Cell]:
+    """Every grid cell in grid order, then every comparator."""
     axes = spec.axes
     combos: list[list[tuple[str, str]]] = [[]]
     for axis, presets in axes.items():
         combos = [c + [(axis, p)] for c in combos for p in presets]
-    cells = [(dict(c), None) for c in combos] if axes else []
-    cells += [({}, name) for name in spec.comparators]
-    for seed in spec.seeds:
-        for coords, comparator in cells:
-            tree = copy.deepcopy(spec.base)  # never write into the spec itself
-            where = "base"
-            for axis, preset in coords.items():
-                tree = deep_merge(tree, axes[axis][preset] or {})
-            if comparator:
-                tree = deep_merge(tree, spec.comparators[comparator] or {})
-                where = f"comparators.{comparator}"
-            elif coords:
-                where = "grid." + " + grid.".join(f"{a}.{p}" for a, p in coords.items())
-            tree["seed"] = seed
-            if spec.checkpoint_every:
-                tree.setdefault("train", {})["checkpoint_every"] = spec.checkpoint_every
-            try:
-                cfg = build(tree, source, prefix="", check_paths=check_paths)
-            except ConfigError as e:
-                raise ConfigError(f"{e} (in the trial made from {where}, seed {seed})") from None
-            name = "__".join(coords.values()) if coords else comparator
-            trials.append(Trial(f"{name}__s{seed}", coords, comparator, seed, cfg))
+    out = []
+    for combo in combos if axes else []:
+        coords = dict(combo)
+        tree = copy.deepcopy(spec.base)  # never write into the spec itself
+        for axis, preset in coords.items():
+            tree = deep_merge(tree, axes[axis][preset] or {})
+        where = "grid." + " + grid.".join(f"{a}.{p}" for a, p in coords.items()) if coords else "base"
+        out.append(Cell("__".join(coords.values()), coords, None, tree, where))
+    for name, over in spec.comparators.items():
+        out.append(Cell(name, {}, name, deep_merge(copy.deepcopy(spec.base), over or {}), f"comparators.{name}"))
+    return out
+
+
+def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, check_paths: bool = True,
+               tree: dict[str, Any] | None = None, trial_id: str | None = None) -> Trial:
+    """The trial of a cell at a seed; `tree` replaces the cell's tree (a search adds sampled values)."""
+    tree = copy.deepcopy(cell.tree if tree is None else tree)
+    tree["seed"] = seed
+    if spec.checkpoint_every:
+        tree.setdefault("train", {})["checkpoint_every"] = spec.checkpoint_every
+    try:
+        cfg = build(tree, source, prefix="", check_paths=check_paths)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in the trial made from {cell.where}, seed {seed})") from None
+    return Trial(trial_id or f"{cell.name}__s{seed}", dict(cell.coords), cell.comparator, seed, cfg)
+
+
+def expand(spec: SweepSpec, source: str = "<sweep>", check_paths: bool = True) -> list[Trial]:
+    """Every grid cell x seed, then every comparator x seed, with duplicates resolved."""
+    sweep_cells = cells(spec)
+    return finalise([make_trial(spec, c, seed, source, check_paths) for seed in spec.seeds for c in sweep_cells],
+                    source)
+
+
+def finalise(trials: list[Trial], source: str) -> list[Trial]:
+    """Refuse colliding trial ids and bad lambda lists, then resolve duplicates.
+
+    Trials whose canonical configs are equal (e.g. peak 0 under every schedule) share one run:
+    the first in order runs, the others record it as their run_id.
+    """
     seen: dict[str, Trial] = {}
     for t in trials:
         if t.trial_id in seen:

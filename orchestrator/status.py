@@ -11,7 +11,7 @@ from localist import io
 from orchestrator import layout
 from orchestrator.spec import Trial
 
-STATES = ("completed", "diverged", "errored", "running", "retrying", "pending")
+STATES = ("completed", "diverged", "stopped", "errored", "running", "retrying", "pending")
 
 
 def _json(uri: str) -> dict | None:
@@ -39,6 +39,9 @@ def run_states(sweep_uri: str, trials: list[Trial]) -> pd.DataFrame:
             r = io.read_parquet(io.join(d, "trial.parquet")).to_pylist()[0]
             row.update(state=r["status"], step=r["final_step"], eval_ppl=r["eval_ppl"], wall_s=r["wall_s"],
                        node=(r.get("node_id") or "")[:8], error=r.get("error") or "")
+        elif "stopped.json" in names:  # a search trial the scheduler stopped early
+            r = _json(io.join(d, "stopped.json")) or {}
+            row.update(state="stopped", step=r.get("step", 0), eval_ppl=r.get("eval_ppl", float("nan")))
         else:
             prog = _json(io.join(d, "progress.json")) if "progress.json" in names else None
             err = _json(io.join(d, "error.json")) if "error.json" in names else None
@@ -64,18 +67,20 @@ def eta_seconds(df: pd.DataFrame, concurrency: int) -> float | None:
     finished = df[df["state"].isin(["completed", "diverged"])]
     if finished.empty:
         return None
-    left = int((~df["state"].isin(["completed", "diverged", "errored"])).sum())
+    left = int((~df["state"].isin(["completed", "diverged", "stopped", "errored"])).sum())
     return float(finished["wall_s"].mean()) * left / max(concurrency, 1)
 
 
 def summary_line(df: pd.DataFrame, concurrency: int, started: float | None = None) -> str:
     c = counts(df)
-    done = c["completed"] + c["diverged"]
+    done = c["completed"] + c["diverged"] + c["stopped"]
     parts = [f"{done}/{len(df)} runs done", f"{c['running']} running", f"{c['pending']} pending"]
     if c["retrying"]:
         parts.append(f"{c['retrying']} retrying")
     if c["errored"] or c["diverged"]:
         parts.append(f"{c['errored']} errored, {c['diverged']} diverged")
+    if c["stopped"]:
+        parts.append(f"{c['stopped']} stopped early")
     eta = eta_seconds(df, concurrency)
     if eta is not None and done < len(df):
         parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")

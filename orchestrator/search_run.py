@@ -1,0 +1,241 @@
+"""A search sweep on Ray Tune: one Tuner per search group (Optuna TPE, random or grid sampling,
+optionally ASHA), then the confirmation as an ordinary grid of trials.
+
+Each search keeps its own Tune experiment under tune-search/<group>/, so a killed driver resumes
+it with `Tuner.restore` (the searcher's state included) and no finished trial runs again. When a
+search ends, search/<group>.json fixes its ranking, so the confirm settings never change later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pandas as pd
+import pyarrow as pa
+
+from localist import io
+from localist.outputs import trial_row
+from localist.config import TrialConfig
+from orchestrator import layout
+from orchestrator.search import CELL_KEY, Group, Search, confirm_trials, groups, rank, with_values
+from orchestrator.spec import SweepSpec, Trial, cells
+
+
+def _trees(spec: SweepSpec) -> dict[str, dict]:
+    """cell name -> its partial trial tree as a trial of the sweep gets it."""
+    out = {}
+    for c in cells(spec):
+        tree = json.loads(json.dumps(c.tree))
+        if spec.checkpoint_every:
+            tree.setdefault("train", {})["checkpoint_every"] = spec.checkpoint_every
+        out[c.name] = tree
+    return out
+
+
+def _space(search: Search, group: Group) -> dict:
+    from ray import tune
+
+    grid = search.algorithm == "grid"
+    space = {}
+    for key, raw in search.space.items():
+        kind, args = next(iter(raw.items()))
+        if kind == "choice":
+            space[key] = tune.grid_search(args) if grid else tune.choice(args)
+        elif kind == "uniform":
+            space[key] = tune.uniform(*args)
+        elif kind == "loguniform":
+            space[key] = tune.loguniform(*args)
+        else:  # int: both bounds included
+            space[key] = tune.randint(args[0], args[1] + 1)
+    if len(group.cells) == 1:
+        space[CELL_KEY] = group.cells[0]
+    else:
+        space[CELL_KEY] = tune.grid_search(group.cells) if grid else tune.choice(group.cells)
+    return space
+
+
+def _defaults(spec: SweepSpec, key: str, default: int) -> list[int]:
+    trees = _trees(spec)
+    return [int((t.get("train") or {}).get(key, default)) for t in trees.values()]
+
+
+def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from orchestrator.trainable import search_trial
+
+    search: Search = spec.search
+    fn = tune.with_parameters(search_trial, cells=_trees(spec), seed=spec.seeds[0], sweep_uri=sweep_uri,
+                              cpus=spec.resources.cpu)
+    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    fs, path = io.resolve(layout.search_tune_dir(sweep_uri, group.name))
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        return tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs), True
+    parent, name = path.rstrip("/").rsplit("/", 1)
+    if search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        algo = OptunaSearch(seed=search.seed)
+    else:
+        algo = BasicVariantGenerator(random_state=search.seed)
+    scheduler = None
+    if search.scheduler:
+        a = search.scheduler.asha
+        max_t = a.max_t or max(_defaults(spec, "steps", 200))
+        scheduler = ASHAScheduler(time_attr="step", max_t=max_t, reduction_factor=a.reduction_factor,
+                                  grace_period=min(a.grace_period or min(_defaults(spec, "eval_every", 50)), max_t))
+
+    def trial_name(trial) -> str:  # the searcher's counter: stable across restores
+        return f"{group.name}__t{int(trial.experiment_tag.split('_', 1)[0]):03d}"
+
+    tuner = tune.Tuner(
+        fn,
+        param_space=_space(search, group),
+        tune_config=tune.TuneConfig(
+            metric=search.metric, mode=search.mode, search_alg=algo, scheduler=scheduler,
+            num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent or spec.max_concurrent,
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+            reuse_actors=True,  # a worker keeps torch imported; a stopped trial's thread ends at its next report
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return tuner, False
+
+
+def _outcome(sweep_uri: str, trial_id: str, metrics: dict) -> dict:
+    """status and last eval of a search trial whose Tune run ended."""
+    d = layout.trial_dir(sweep_uri, trial_id)
+    if io.exists(io.join(d, "trial.parquet")):
+        row = io.read_parquet(io.join(d, "trial.parquet")).to_pylist()[0]
+        return {"status": row["status"], "eval_loss": row["eval_loss"], "eval_ppl": row["eval_ppl"],
+                "step": row["final_step"], "error": None}
+    err_f = io.join(d, "error.json")
+    if io.exists(err_f) and json.loads(io.read_text(err_f)).get("final"):
+        return {"status": "errored", "eval_loss": math.nan, "eval_ppl": math.nan,
+                "step": metrics.get("step", 0), "error": json.loads(io.read_text(err_f))["error"]}
+    # Tune ended it without a result: the scheduler stopped it after its last evaluation
+    out = {"status": "stopped", "eval_loss": float(metrics.get("eval_loss", math.nan)),
+           "eval_ppl": float(metrics.get("eval_ppl", math.nan)), "step": int(metrics.get("step", 0)), "error": None}
+    io.write_text(io.join(d, "stopped.json"), json.dumps(out))
+    return out
+
+
+def _record(spec: SweepSpec, group: Group, grid, sweep_uri: str) -> dict:
+    """search/<group>.json: every trial with its sampled values and outcome, and the top settings."""
+    search: Search = spec.search
+    rows = []
+    for r in grid:
+        tid = os.path.basename(r.path.rstrip("/"))
+        values = {k: v for k, v in r.config.items() if "." in k or k == CELL_KEY}
+        rows.append({"trial_id": tid, "values": values, **_outcome(sweep_uri, tid, r.metrics or {})})
+    rows.sort(key=lambda x: x["trial_id"])
+    ranked = rank(rows, search.metric, search.mode)
+    for i, row in enumerate(ranked, start=1):
+        row["rank"] = i
+    keep = search.confirm.top if search.confirm else 1
+    record = {"group": group.name, "metric": search.metric, "mode": search.mode, "trials": rows,
+              "top": [{"trial_id": r["trial_id"], "values": r["values"], search.metric: r[search.metric]}
+                      for r in ranked[:keep]]}
+    io.write_text(layout.search_file(sweep_uri, group.name), json.dumps(record, indent=1))
+    return record
+
+
+def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
+    """Every unfinished search, then the confirmation; returns the confirm trials ([] if none)."""
+    from orchestrator.driver import _mark_final_errors, _tuner as grid_tuner
+
+    for group in groups(spec):
+        if io.exists(layout.search_file(sweep_uri, group.name)):
+            log(f"[search] {group.name}: finished earlier, kept")
+            continue
+        tuner, restored = _tuner(spec, group, sweep_uri)
+        log(f"[search] {group.name}: {'restored searcher; continuing' if restored else 'starting'} "
+            f"({spec.search.algorithm}, {spec.search.num_samples} samples)")
+        grid = fit(tuner)
+        _mark_final_errors(grid, sweep_uri)
+        record = _record(spec, group, grid, sweep_uri)
+        counts = pd.Series([r["status"] for r in record["trials"]]).value_counts().to_dict()
+        best = record["top"][0] if record["top"] else None
+        log(f"[search] {group.name}: {counts}; best "
+            + (f"{best['trial_id']} {best['values']} {spec.search.metric} {best[spec.search.metric]:.4f}"
+               if best else "none (no trial completed)"))
+    trials = confirm_trials(spec, sweep_uri, source)
+    if trials:
+        log(f"[search] confirm: {len(trials)} results from {len({t.run_id for t in trials})} runs")
+        grid = fit(grid_tuner(spec, trials, sweep_uri)[0], trials)
+        _mark_final_errors(grid, sweep_uri)
+    return trials
+
+
+def collect_search(spec: SweepSpec, sweep_uri: str) -> pd.DataFrame:
+    """results/search.parquet: one row per search trial, sampled values as (dotted) columns,
+    status completed | stopped | diverged | errored and its last evaluation; rank among completed."""
+    trees = _trees(spec)
+    by_name = {c.name: c for c in cells(spec)}
+    rows = []
+    for g in groups(spec):
+        f = layout.search_file(sweep_uri, g.name)
+        if not io.exists(f):
+            continue
+        for r in json.loads(io.read_text(f))["trials"]:
+            cell = by_name[r["values"][CELL_KEY]]
+            d = layout.trial_dir(sweep_uri, r["trial_id"])
+            if io.exists(io.join(d, "trial.parquet")):
+                row = io.read_parquet(io.join(d, "trial.parquet")).to_pylist()[0]
+            else:
+                tree = with_values(trees[cell.name], {k: v for k, v in r["values"].items() if k != CELL_KEY})
+                tree["seed"] = spec.seeds[0]
+                cfg = TrialConfig.model_validate(tree, context={"check_paths": False})
+                row = trial_row(r["trial_id"], cfg, {"status": r["status"], "error": r.get("error"),
+                                                     "eval_loss": r["eval_loss"], "eval_ppl": r["eval_ppl"],
+                                                     "final_step": r["step"]})
+            coords = {a: cell.coords.get(a) for a in spec.axes}
+            rows.append({"trial_id": r["trial_id"], "search_group": g.name, "cell": cell.name, **coords,
+                         "comparator": cell.comparator, "search_rank": r.get("rank"),
+                         **{k: v for k, v in row.items() if k != "trial_id"}})
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["search_rank"] = df["search_rank"].astype("Int64")
+        io.write_parquet(pa.Table.from_pandas(df, preserve_index=False),
+                         io.join(layout.results_dir(sweep_uri), "search.parquet"))
+    return df
+
+
+def finish(spec: SweepSpec, sweep_uri: str, log) -> int:
+    """Consolidate the search and log the best settings; returns the number of errored trials."""
+    df = collect_search(spec, sweep_uri)
+    if not len(df):
+        log("[search] no finished search yet")
+        return 1
+    log(f"[search] results: {df['status'].value_counts().to_dict()} -> "
+        f"{layout.results_dir(sweep_uri)}/search.parquet")
+    best = df[df["search_rank"] == 1][["search_group", *spec.search.space, spec.search.metric]]
+    log("[search] best per search:\n" + best.to_string(index=False))
+    return int(df["status"].isin(["errored", "missing"]).sum())
+
+
+def search_trials(spec: SweepSpec, sweep_uri: str) -> list[Trial]:
+    """The search trials started so far, as trials `status` can show (config: their group's first cell)."""
+    import re
+
+    from orchestrator.spec import make_trial
+
+    by_name = {c.name: c for c in cells(spec)}
+    names = io.listdir(io.join(sweep_uri, "trials"))
+    out = []
+    for g in groups(spec):
+        pattern = re.compile(re.escape(g.name) + r"__t\d+$")
+        for name in names:
+            if pattern.match(name):
+                t = make_trial(spec, by_name[g.cells[0]], spec.seeds[0], sweep_uri, check_paths=False, trial_id=name)
+                t.run_id = name
+                out.append(t)
+    return out
