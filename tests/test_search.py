@@ -1,0 +1,169 @@
+"""Search sweeps with real Ray Tune and Optuna at tiny scale: bad search sections refused before
+anything runs, an Optuna search per cell with ASHA whose driver is killed mid-search and resumed,
+then confirmed with two seeds and paired statistics; a random search across the whole grid."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from orchestrator import cli
+from tests.conftest import TINY
+from tests.helpers import CLI, attempts, env, kill_session, wait_for
+
+SAMPLES = 6
+
+
+def search_sweep(path: Path, name: str, storage: Path, algorithm: str, per: str, confirm: bool) -> Path:
+    """A 2-cell grid (peak 0 and peak 1, quintic) of 12-step trials evaluated every 3 steps; lr over
+    four decades, so ASHA's first rung (3 steps) always finds trials far behind the best."""
+    base = json.loads(json.dumps(TINY))
+    base["train"].update(steps=12, eval_every=3, log_every=3, warmup_steps=2)
+    spec = {
+        "name": name, "storage": str(storage), "base": base,
+        "grid": {"configuration": {"peak-0": {"locality": {"peak": 0.0}}, "peak-1": {"locality": {"peak": 1.0}}},
+                 "schedule": {"quintic": {"locality": {"power": 5}}}, "seeds": [1]},
+        "resources": {"cpu": 1}, "max_concurrent": 2, "retries": 0,
+        "search": {"algorithm": algorithm, "per": per, "num_samples": SAMPLES, "seed": 3,
+                   "space": {"train.lr": {"loguniform": [1e-5, 0.3]}},
+                   "scheduler": {"asha": {"grace_period": 3, "reduction_factor": 2}}},
+    }
+    if confirm:
+        spec["search"]["confirm"] = {"top": 1, "seeds": [1, 2]}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _refusal(tmp_path, capsys, change) -> str:
+    f = search_sweep(tmp_path / "bad.yaml", "bad", tmp_path / "store", "optuna", "cell", True)
+    spec = yaml.safe_load(f.read_text())
+    change(spec["search"])
+    f.write_text(yaml.safe_dump(spec))
+    assert cli.main(["sweep", "run", str(f), "--dry-run"]) == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda s: s["space"].update({"train.lr": {"logunifrom": [1e-4, 1e-2]}}),
+     "search.space.train.lr: unknown distribution 'logunifrom' (did you mean 'loguniform'?)"),
+    (lambda s: s["space"].update({"train.lr": {"loguniform": [0, 1e-2]}}), "search.space.train.lr: loguniform needs low > 0"),
+    (lambda s: s["space"].update({"train.lr": {"uniform": [-1, 1e-2]}}),
+     "search.space.train.lr: the value -1 makes an invalid trial"),
+    (lambda s: s["space"].update({"train.warmup": {"int": [1, 5]}}),
+     "search.space.train.warmup: not a trial-config key (did you mean 'train.warmup_steps'?)"),
+    (lambda s: s["space"].update({"train.warmup_steps": {"int": [1.5, 5]}}),
+     "search.space.train.warmup_steps: int needs integer bounds"),
+    (lambda s: s.update({"algorithm": "grid"}), "search.space.train.lr: algorithm grid enumerates values: use choice"),
+    (lambda s: s.update({"per": "seed"}), "search.per: Input should be 'cell' or 'sweep'"),
+])
+def test_bad_search_section_refused_naming_the_key(tmp_path, capsys, change, expected):
+    err = _refusal(tmp_path, capsys, change)
+    assert "bad.yaml: " + expected in err
+    assert not (tmp_path / "store").exists()  # refused before anything was written
+
+
+def test_dry_run_shows_space_and_budget(tmp_path, capsys):
+    f = search_sweep(tmp_path / "s.yaml", "s", tmp_path / "store", "optuna", "cell", True)
+    assert cli.main(["sweep", "run", str(f), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "train.lr: loguniform [1e-05, 0.3]" in out
+    assert "ASHA on step, grace_period 3, reduction_factor 2" in out
+    assert "budget: 2 search(es), 12 search trials of at most 12 steps" in out
+    assert "then 4 confirm results (top 1 x seeds [1, 2]" in out
+
+
+def _search_dirs(sweep: Path) -> list[str]:
+    return sorted(d.name for d in (sweep / "trials").iterdir() if re.search(r"__t\d+$", d.name))
+
+
+@pytest.fixture(scope="module")
+def optuna_resumed(tmp_path_factory):
+    """Optuna per cell + ASHA + confirm; the driver is killed once a search trial has finished
+    and before both searches have, then `sweep resume` completes it."""
+    root = tmp_path_factory.mktemp("search")
+    f = search_sweep(root / "opt.yaml", "opt", root / "store", "optuna", "cell", True)
+    sweep = root / "store" / "opt"
+    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def mid_search():
+            done = list((sweep / "trials").glob("*__t*/trial.parquet")) if (sweep / "trials").exists() else []
+            return len(done) >= 1 and len(list((sweep / "search").glob("*.json"))) < 2
+        assert wait_for(mid_search, 600, proc), "the search never reached a finished trial"
+    finally:
+        kill_session(proc)
+    before = {p.parent.name for p in (sweep / "trials").glob("*/trial.parquet")}
+    searches_done = sorted(p.stem for p in (sweep / "search").glob("*.json")) if (sweep / "search").exists() else []
+    proc = subprocess.run(CLI + ["sweep", "resume", str(sweep)], env=env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return sweep, before, searches_done, proc.stdout
+
+
+def test_optuna_search_per_cell_stops_poor_trials(optuna_resumed):
+    sweep, _, _, log = optuna_resumed
+    search = pd.read_parquet(sweep / "results" / "search.parquet")
+    assert sorted(search.search_group.unique()) == ["peak-0__quintic", "peak-1__quintic"]
+    assert (search.groupby("search_group").size() == SAMPLES).all()
+    assert "train.lr" in search and search["train.lr"].between(1e-5, 0.3).all()
+    stopped = search[search.status == "stopped"]
+    assert len(stopped) >= 1, search[["trial_id", "status", "final_step"]]
+    assert (stopped.final_step < 12).all() and stopped.eval_loss.notna().all()  # their last evaluation
+    assert stopped.search_rank.isna().all()  # a stopped trial never ranks
+    for group, rows in search.groupby("search_group"):
+        ranked = rows[rows.search_rank.notna()].sort_values("search_rank")
+        assert (ranked.status == "completed").all() and ranked.eval_loss.is_monotonic_increasing
+        assert len(ranked) >= 1
+    for group in ("peak-0__quintic", "peak-1__quintic"):  # the Optuna study, saved for resume
+        state = list((sweep / "tune-search" / group).glob("searcher-state-*.pkl"))
+        assert state and b"optuna" in state[0].read_bytes()
+
+
+def test_confirm_reruns_the_best_setting_with_seeds_and_pairs_them(optuna_resumed):
+    sweep, _, _, log = optuna_resumed
+    search = pd.read_parquet(sweep / "results" / "search.parquet")
+    best = search[search.search_rank == 1].set_index("configuration")["train.lr"]
+    trials = pd.read_parquet(sweep / "results" / "trials.parquet")
+    assert sorted(trials.trial_id) == ["peak-0__quintic__top1__s1", "peak-0__quintic__top1__s2",
+                                       "peak-1__quintic__top1__s1", "peak-1__quintic__top1__s2"]
+    assert (trials.status == "completed").all() and (trials.search_rank == 1).all()
+    for _, row in trials.iterrows():
+        assert row["train.lr"] == best[row.configuration]  # each cell runs its own best lr
+    cells = pd.read_parquet(sweep / "summary" / "cells.parquet")
+    peak1 = cells[(cells.metric == "eval_ppl") & (cells.configuration == "peak-1")].iloc[0]
+    assert peak1.n_seeds == 2 and peak1.n_paired == 2
+    assert peak1.ratio_mean > 0 and pd.notna(peak1.p_ttest)
+    own = trials.set_index("trial_id").eval_ppl
+    ratios = [own[f"peak-1__quintic__top1__s{s}"] / own[f"peak-0__quintic__top1__s{s}"] for s in (1, 2)]
+    assert peak1.ratio_mean == pytest.approx(sum(ratios) / 2)
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(optuna_resumed):
+    sweep, before, searches_done, log = optuna_resumed
+    assert len(searches_done) < 2
+    assert "restored searcher; continuing" in log
+    starts = attempts(sweep)
+    assert before and all(starts[t] == 1 for t in before)  # finished trials never ran again
+    assert len(_search_dirs(sweep)) == 2 * SAMPLES  # the restored searcher sampled no extra trial
+    status = subprocess.run(CLI + ["sweep", "status", str(sweep)], env=env(), capture_output=True, text=True,
+                            timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "stopped" in status.stdout and f"{2 * SAMPLES + 4}/{2 * SAMPLES + 4} runs done" in status.stdout
+
+
+def test_random_search_across_the_grid(tmp_path):
+    f = search_sweep(tmp_path / "rnd.yaml", "rnd", tmp_path / "store", "random", "sweep", False)
+    proc = subprocess.run(CLI + ["sweep", "run", str(f)], env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    sweep = tmp_path / "store" / "rnd"
+    search = pd.read_parquet(sweep / "results" / "search.parquet")
+    assert len(search) == SAMPLES and set(search.search_group) == {"search"}
+    assert set(search.cell) <= {"peak-0__quintic", "peak-1__quintic"}  # the cell is one more choice
+    assert (search.status == "stopped").sum() >= 1
+    assert search["train.lr"].nunique() == SAMPLES
+    assert not (sweep / "results" / "trials.parquet").exists()  # no confirm phase: nothing to pair
+    assert "[search] best per search:" in proc.stdout
