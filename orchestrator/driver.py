@@ -102,7 +102,8 @@ class _Progress(threading.Thread):
                 self.log(f"[sweep] (progress unavailable: {e})")
 
 
-def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str):
+def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str | None = None):
+    """tune_uri: the experiment folder (default <sweep>/tune; a search's later seed rounds use others)."""
     from ray import tune
 
     from orchestrator.trainable import sweep_trial
@@ -112,7 +113,7 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str):
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     # Tune gets the same pyarrow filesystem our own files use, so local paths, file://, s3://
     # (with an endpoint override) and gs:// all behave alike.
-    fs, path = io.resolve(layout.tune_dir(sweep_uri))
+    fs, path = io.resolve(tune_uri or layout.tune_dir(sweep_uri))
     parent, name = path.rstrip("/").rsplit("/", 1)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         return tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs), True

@@ -7,6 +7,8 @@
   tune/                      Ray Tune's experiment state and checkpoints
   tune-search/<group>/       search sweeps: one Tune experiment per search (searcher state inside)
   search/<group>.json        a finished search: its trials, ranked, and the settings to confirm
+  search/_rounds.json        confirm.until: the seeds added in rounds and the cells each went to
+  tune-seed<N>/              confirm.until: the Tune experiment of the round that added seed N
   results/                   consolidated {trials,steps,layers,attention}.parquet (+ search.parquet)
   summary/                   aggregation: cells/layers.parquet, report.html, figures
 """
@@ -38,3 +40,7 @@ def search_tune_dir(sweep_uri: str, group: str) -> str:
 
 def search_file(sweep_uri: str, group: str) -> str:
     return io.join(sweep_uri, "search", f"{group}.json")
+
+
+def rounds_file(sweep_uri: str) -> str:
+    return io.join(sweep_uri, "search", "_rounds.json")  # '_' starts no cell name: never a search's file

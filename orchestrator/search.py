@@ -40,9 +40,15 @@ class Scheduler(_Strict):
     asha: Asha
 
 
+class Until(_Strict):
+    ci_half_width: float = Field(gt=0, description="target 95% t half-width of a cell's ratio to the baseline")
+    max_seeds: int = Field(ge=2, description="a cell gets no more seeds than this")
+
+
 class Confirm(_Strict):
     top: int = Field(1, ge=1, description="best settings to confirm (per cell when per: cell)")
     seeds: list[int] = Field(min_length=1, description="seeds each confirmed setting runs with")
+    until: Until | None = Field(None, description="add seeds to a cell in rounds until its ratio's CI is narrow")
 
 
 class Search(_Strict):
@@ -120,6 +126,10 @@ def check(spec, source: str) -> None:
         raise ConfigError(f"{source}: search.confirm.seeds: duplicate seeds in {search.confirm.seeds}")
     if search.confirm and any(s < 0 for s in search.confirm.seeds):
         raise ConfigError(f"{source}: search.confirm.seeds: seeds must be non-negative")
+    until = search.confirm.until if search.confirm else None
+    if until and until.max_seeds < len(search.confirm.seeds):
+        raise ConfigError(f"{source}: search.confirm.until.max_seeds: {until.max_seeds} is fewer than the "
+                          f"{len(search.confirm.seeds)} confirm seeds")
     asha = search.scheduler.asha if search.scheduler else None
     if asha and asha.grace_period and asha.max_t and asha.grace_period > asha.max_t:
         raise ConfigError(f"{source}: search.scheduler.asha.grace_period: {asha.grace_period} exceeds max_t "
@@ -227,9 +237,13 @@ def confirm_trials(spec, sweep_uri: str, source: str = "<sweep>", check_paths: b
     best = best_settings(spec, sweep_uri) if search.confirm else None
     if not best:
         return []
+    rounds = json.loads(io.read_text(layout.rounds_file(sweep_uri))) if io.exists(layout.rounds_file(sweep_uri)) else []
+    plan = [(seed, cells(spec)) for seed in search.confirm.seeds]
+    by_name = {c.name: c for c in cells(spec)}
+    plan += [(r["seed"], [by_name[name] for name in r["cells"]]) for r in rounds]
     trials = []
-    for seed in search.confirm.seeds:
-        for cell in cells(spec):
+    for seed, seed_cells in plan:
+        for cell in seed_cells:
             for r, values in enumerate(best[cell.name], start=1):
                 t = make_trial(spec, cell, seed, source, check_paths, tree=with_values(cell.tree, values),
                                trial_id=f"{cell.name}__top{r}__s{seed}")
@@ -247,6 +261,8 @@ def confirm_trials(spec, sweep_uri: str, source: str = "<sweep>", check_paths: b
 
 def describe(spec) -> list[str]:
     """The dry run's account of the search: space, algorithm, stopping and budget."""
+    from orchestrator.spec import cells
+
     search: Search = spec.search
     b = budget(spec)
     lines = [f"search: {search.algorithm} over {', '.join(search.space)} per {search.per}, "
@@ -264,4 +280,9 @@ def describe(spec) -> list[str]:
                  f"{b['max_steps']} steps (fewer when stopped early)"
                  + (f"; then {b['confirm_trials']} confirm results (top {search.confirm.top} x seeds "
                     f"{search.confirm.seeds} x every cell, before dedup)" if search.confirm else "; no confirm phase"))
+    until = search.confirm.until if search.confirm else None
+    if until:
+        lines.append(f"sequential seeding: a cell gets one more seed per round while its ratio's 95% t half-width "
+                     f"exceeds {until.ci_half_width:g}, up to {until.max_seeds} seeds (at most "
+                     f"{search.confirm.top * until.max_seeds * len(cells(spec))} confirm results)")
     return lines

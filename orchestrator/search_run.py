@@ -169,10 +169,83 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
                if best else "none (no trial completed)"))
     trials = confirm_trials(spec, sweep_uri, source)
     if trials:
-        log(f"[search] confirm: {len(trials)} results from {len({t.run_id for t in trials})} runs")
-        grid = fit(grid_tuner(spec, trials, sweep_uri)[0], trials)
-        _mark_final_errors(grid, sweep_uri)
+        first = [t for t in trials if t.seed in spec.search.confirm.seeds]
+        log(f"[search] confirm: {len(first)} results from {len({t.run_id for t in first})} runs")
+        _mark_final_errors(fit(grid_tuner(spec, first, sweep_uri)[0], first), sweep_uri)
+        if spec.search.confirm.until:
+            trials = _seed_rounds(spec, source, sweep_uri, log, fit)
     return trials
+
+
+def _ended(sweep_uri: str, t: Trial) -> bool:
+    d = layout.trial_dir(sweep_uri, t.run_id)
+    err = io.join(d, "error.json")
+    return io.exists(io.join(d, "trial.parquet")) or (io.exists(err) and json.loads(io.read_text(err)).get("final"))
+
+
+def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
+    """Sequential seeding: while a cell's ratio CI is wider than the target and it has had fewer
+    than max_seeds seeds, add the next seed to it (and to the baseline cells), one round at a time.
+    Each round is recorded before it runs, so a resumed driver finishes it rather than re-deciding."""
+    from orchestrator.driver import _mark_final_errors, _tuner as grid_tuner
+
+    f = layout.rounds_file(sweep_uri)
+    while True:
+        rounds = json.loads(io.read_text(f)) if io.exists(f) else []
+        trials = confirm_trials(spec, sweep_uri, source)
+        for r in rounds:
+            new = [t for t in trials if t.seed == r["seed"]]
+            if not all(_ended(sweep_uri, t) for t in new):
+                log(f"[search] seed round {r['seed']}: {len(new)} results for {', '.join(r['cells'])}")
+                tune_uri = io.join(sweep_uri, f"tune-seed{r['seed']}")
+                _mark_final_errors(fit(grid_tuner(spec, new, sweep_uri, tune_uri)[0], new), sweep_uri)
+        need = _needing_seeds(spec, trials, sweep_uri, log)
+        if not need:
+            return trials
+        rounds.append({"seed": max(t.seed for t in trials) + 1, "cells": need})
+        io.write_text(f, json.dumps(rounds, indent=1))
+
+
+def _needing_seeds(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log) -> list[str]:
+    """Cells whose eval_ppl ratio's 95% t half-width exceeds the target and that may get another
+    seed, plus the baseline cells (their pairs); [] when none needs one."""
+    from orchestrator.aggregate import AggregateError, aggregate
+    from orchestrator.collect import collect
+
+    until = spec.search.confirm.until
+    collect(spec, trials, sweep_uri)
+    try:
+        stats = aggregate(sweep_uri, report=False, echo=lambda *_: None)["cells"]
+    except AggregateError as e:  # no baseline among the results: nothing to narrow
+        log(f"[search] no sequential seeding: {e}")
+        return []
+    rows = io.read_parquet(io.join(layout.results_dir(sweep_uri), "trials.parquet")).to_pandas()
+
+    def key(r) -> tuple:
+        return tuple(None if pd.isna(r[k]) else r[k] for k in ("configuration", "schedule", "comparator"))
+
+    names: dict[tuple, set[str]] = {}
+    for _, r in rows.iterrows():
+        names.setdefault(key(r), set()).add(r["trial_id"].rsplit("__top", 1)[0])
+    seeds: dict[str, set[int]] = {}
+    for t in trials:
+        seeds.setdefault(t.trial_id.rsplit("__top", 1)[0], set()).add(t.seed)
+    seeds_of = {name: len(s) for name, s in seeds.items()}
+    need, base = set(), set()
+    for _, c in stats[stats["metric"] == "eval_ppl"].iterrows():
+        cell_names = names.get(key(c), set())
+        if c["is_baseline"]:
+            base |= cell_names
+            continue
+        half = (c["ratio_ci_high"] - c["ratio_ci_low"]) / 2
+        wide = not math.isfinite(half) or half > until.ci_half_width
+        room = [n for n in cell_names if seeds_of.get(n, 0) < until.max_seeds]
+        if wide and room:
+            need |= set(room)
+            log(f"[search] {c['configuration'] or c['comparator']}/{c['schedule']}: ratio 95% half-width "
+                f"{half:.4f} > {until.ci_half_width} after {seeds_of[room[0]]} seeds: one more seed")
+    base = {n for n in base if seeds_of.get(n, 0) < until.max_seeds}
+    return sorted(need | base) if need else []
 
 
 def collect_search(spec: SweepSpec, sweep_uri: str) -> pd.DataFrame:

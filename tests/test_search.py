@@ -33,7 +33,8 @@ def search_sweep(path: Path, name: str, storage: Path, algorithm: str, per: str,
                    "scheduler": {"asha": {"grace_period": 3, "reduction_factor": 2}}},
     }
     if confirm:
-        spec["search"]["confirm"] = {"top": 1, "seeds": [1, 2]}
+        # a target no 2-seed interval meets: one round adds seed 3 to both cells, then max_seeds stops it
+        spec["search"]["confirm"] = {"top": 1, "seeds": [1, 2], "until": {"ci_half_width": 1e-4, "max_seeds": 3}}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -74,6 +75,7 @@ def test_dry_run_shows_space_and_budget(tmp_path, capsys):
     assert "ASHA on step, grace_period 3, reduction_factor 2" in out
     assert "budget: 2 search(es), 12 search trials of at most 12 steps" in out
     assert "then 4 confirm results (top 1 x seeds [1, 2]" in out
+    assert "exceeds 0.0001, up to 3 seeds (at most 6 confirm results)" in out
 
 
 def _search_dirs(sweep: Path) -> list[str]:
@@ -128,18 +130,24 @@ def test_confirm_reruns_the_best_setting_with_seeds_and_pairs_them(optuna_resume
     search = pd.read_parquet(sweep / "results" / "search.parquet")
     best = search[search.search_rank == 1].set_index("configuration")["train.lr"]
     trials = pd.read_parquet(sweep / "results" / "trials.parquet")
-    assert sorted(trials.trial_id) == ["peak-0__quintic__top1__s1", "peak-0__quintic__top1__s2",
-                                       "peak-1__quintic__top1__s1", "peak-1__quintic__top1__s2"]
+    assert sorted(trials.trial_id) == [f"peak-{p}__quintic__top1__s{s}" for p in (0, 1) for s in (1, 2, 3)]
     assert (trials.status == "completed").all() and (trials.search_rank == 1).all()
     for _, row in trials.iterrows():
         assert row["train.lr"] == best[row.configuration]  # each cell runs its own best lr
     cells = pd.read_parquet(sweep / "summary" / "cells.parquet")
     peak1 = cells[(cells.metric == "eval_ppl") & (cells.configuration == "peak-1")].iloc[0]
-    assert peak1.n_seeds == 2 and peak1.n_paired == 2
+    assert peak1.n_seeds == 3 and peak1.n_paired == 3
     assert peak1.ratio_mean > 0 and pd.notna(peak1.p_ttest)
     own = trials.set_index("trial_id").eval_ppl
-    ratios = [own[f"peak-1__quintic__top1__s{s}"] / own[f"peak-0__quintic__top1__s{s}"] for s in (1, 2)]
-    assert peak1.ratio_mean == pytest.approx(sum(ratios) / 2)
+    ratios = [own[f"peak-1__quintic__top1__s{s}"] / own[f"peak-0__quintic__top1__s{s}"] for s in (1, 2, 3)]
+    assert peak1.ratio_mean == pytest.approx(sum(ratios) / 3)
+
+
+def test_sequential_seeding_adds_a_round_until_max_seeds(optuna_resumed):
+    sweep, _, _, log = optuna_resumed
+    rounds = json.loads((sweep / "search" / "_rounds.json").read_text())
+    assert rounds == [{"seed": 3, "cells": ["peak-0__quintic", "peak-1__quintic"]}]
+    assert "> 0.0001 after 2 seeds: one more seed" in log
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(optuna_resumed):
@@ -152,7 +160,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(optuna_resumed)
     status = subprocess.run(CLI + ["sweep", "status", str(sweep)], env=env(), capture_output=True, text=True,
                             timeout=120)
     assert status.returncode == 0, status.stderr
-    assert "stopped" in status.stdout and f"{2 * SAMPLES + 4}/{2 * SAMPLES + 4} runs done" in status.stdout
+    assert "stopped" in status.stdout and f"{2 * SAMPLES + 6}/{2 * SAMPLES + 6} runs done" in status.stdout
 
 
 def test_random_search_across_the_grid(tmp_path):
