@@ -99,11 +99,6 @@ def _distribution(key: str, raw: Any, algorithm: str, err) -> tuple[str, Any]:
     return kind, args
 
 
-def space_values(kind: str, args: Any) -> list[Any]:
-    """The values to try when checking a distribution: its bounds, or every choice."""
-    return list(args)
-
-
 def check(spec, source: str) -> None:
     """Refuse a bad search section with the file and key; builds every cell at the space's extremes
     so a value the trial config refuses (lr <= 0, a bad power) fails now, not inside Ray."""
@@ -136,7 +131,7 @@ def check(spec, source: str) -> None:
                           f"({asha.max_t})")
     for cell in cells(spec):
         for key, (kind, args) in parsed.items():
-            for value in space_values(kind, args):
+            for value in args:  # the bounds, or every choice
                 tree = with_values(cell.tree, {key: value})
                 try:
                     make_trial(spec, cell, spec.seeds[0], source, check_paths=False, tree=tree)
