@@ -464,6 +464,10 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
     cell_stats = cell_statistics(trials, cells)
 
     notes: dict[str, str] = {}
+    from orchestrator.search import report_note
+
+    if search_note := report_note(sweep_uri):  # a search sweep's confirmation (orchestrator/search.py)
+        notes["search"] = search_note
     ids = ("trial_id", "run_trial_id")
     layers = _optional_frame(lio.join(results, "layers.parquet"),
                              ids + ("step", "layer") + LAYER_QUANTITIES, ("trial_id", "step", "layer"),

@@ -446,6 +446,7 @@ def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
         "on the seeds both sides have, Holm-adjusted across all comparisons of a metric; "
         "d_z = mean difference / its standard deviation. With a handful of seeds the bootstrap "
         "interval is too narrow; read the t interval first.</p>",
+        *([f"<h2>Search</h2><p>{html.escape(notes['search'])}</p>"] if notes.get("search") else []),
         "<h2>Headline: eval perplexity</h2>", _headline_table(data),
         "<h3>The paper's headline beside ours</h3>", _paper_table(data),
         "<h2>Perplexity ratio to the baseline</h2>",

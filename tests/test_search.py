@@ -148,6 +148,10 @@ def test_sequential_seeding_adds_a_round_until_max_seeds(optuna_resumed):
     rounds = json.loads((sweep / "search" / "_rounds.json").read_text())
     assert rounds == [{"seed": 3, "cells": ["peak-0__quintic", "peak-1__quintic"]}]
     assert "> 0.0001 after 2 seeds: one more seed" in log
+    report = (sweep / "summary" / "report.html").read_text()  # the report says how its seeds came about
+    assert "<h2>Search</h2>" in report and "Sequential seeding: seeds were added in rounds (seed 3 to " \
+        "peak-0__quintic, peak-1__quintic)" in report
+    assert re.search(r"peak-1__quintic: 6 trials \([^)]*\d stopped\), best train.lr=", report)
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(optuna_resumed):
