@@ -76,12 +76,13 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         return tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs), True
     parent, name = path.rstrip("/").rsplit("/", 1)
+    limit = search.max_concurrent or spec.max_concurrent
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         algo = OptunaSearch(seed=search.seed)
-    else:
-        algo = BasicVariantGenerator(random_state=search.seed)
+    else:  # Tune ignores max_concurrent_trials for this generator: it limits itself
+        algo = BasicVariantGenerator(random_state=search.seed, max_concurrent=limit or 0)
     scheduler = None
     if search.scheduler:
         a = search.scheduler.asha
@@ -97,7 +98,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
         param_space=_space(search, group),
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=search.mode, search_alg=algo, scheduler=scheduler,
-            num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent or spec.max_concurrent,
+            num_samples=search.num_samples, max_concurrent_trials=limit if search.algorithm == "optuna" else None,
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
             reuse_actors=True,  # a worker keeps torch imported; a stopped trial's thread ends at its next report
         ),

@@ -179,3 +179,4 @@ def test_random_search_across_the_grid(tmp_path):
     assert search["train.lr"].nunique() == SAMPLES
     assert not (sweep / "results" / "trials.parquet").exists()  # no confirm phase: nothing to pair
     assert "[search] best per search:" in proc.stdout
+    assert "will be ignored" not in proc.stdout + proc.stderr  # max_concurrent reaches the random generator
