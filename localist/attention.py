@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +67,16 @@ class LocalityContext:
     def lam(self, layer: int) -> float:
         return self.lambdas[layer]
 
-    def in_block(self, T: int, device) -> torch.Tensor:
-        key = ("inblock", T, str(device))
+    def cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """``build()`` once per batch under ``key``: masks shared by every layer that needs them."""
         if key not in self._masks:
-            block = None if self.window is not None else self.block.to(device)
-            self._masks[key] = in_block(block, T, self.window, device)
+            self._masks[key] = build()
         return self._masks[key]
+
+    def in_block(self, T: int, device) -> torch.Tensor:
+        block = None if self.window is not None else self.block
+        return self.cached(("inblock", T, str(device)),
+                           lambda: in_block(None if block is None else block.to(device), T, self.window, device))
 
     def mask(self, lam: float, T: int, device, dtype, boolean_hard: bool = True) -> torch.Tensor:
         """SDPA mask for one lambda, built once per batch and shared by all layers with that lambda.
@@ -81,19 +86,17 @@ class LocalityContext:
         diagonal.
         """
         hard = lam >= 1.0 and boolean_hard
-        key = ("mask", lam, T, str(device), None if hard else dtype)
-        if key not in self._masks:
+
+        def build() -> torch.Tensor:
             causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
             allowed = causal & self.in_block(T, device)
             if hard:
-                m = allowed
-            else:
-                bias = torch.full((), math.log1p(-lam) if lam < 1.0 else float("-inf"), dtype=dtype, device=device)
-                zero = torch.zeros((), dtype=dtype, device=device)
-                ninf = torch.full((), float("-inf"), dtype=dtype, device=device)
-                m = torch.where(causal, torch.where(allowed, zero, bias), ninf)
-            self._masks[key] = m
-        return self._masks[key]
+                return allowed
+            bias = torch.full((), math.log1p(-lam) if lam < 1.0 else float("-inf"), dtype=dtype, device=device)
+            zero = torch.zeros((), dtype=dtype, device=device)
+            ninf = torch.full((), float("-inf"), dtype=dtype, device=device)
+            return torch.where(causal, torch.where(allowed, zero, bias), ninf)
+        return self.cached(("mask", lam, T, str(device), None if hard else dtype), build)
 
 
 def _sdpa(query, key, value, mask, dropout, scaling, causal):

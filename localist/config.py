@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 BUILTIN_CORPORA = ("kjv", "pydoc")
 
@@ -76,7 +76,22 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1, description="print a progress line every N steps")
     precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a capable GPU, else fp32")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = leave as is)")
-    compile: bool = Field(False, description="wrap the model in torch.compile")
+    compile: Literal["auto", "true", "false"] = Field(
+        "auto", description="torch.compile the training forward and loss: auto = on for CUDA, off on CPU")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, v: Any) -> Any:
+        """Old sweep files say true/false: keep accepting booleans (and yes/no/on/off from --set)."""
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str) and v.strip().lower() in ("yes", "on", "1", "no", "off", "0"):
+            return "true" if v.strip().lower() in ("yes", "on", "1") else "false"
+        return v.strip().lower() if isinstance(v, str) else v
+
+    def compiled_on(self, device_type: str) -> bool:
+        """Whether the trainer compiles on this device ('cuda', 'cpu', ...)."""
+        return self.compile == "true" or (self.compile == "auto" and device_type == "cuda")
 
 
 class LocalityConfig(_Section):

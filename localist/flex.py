@@ -1,24 +1,33 @@
-"""FlexAttention path of the localist attention, used on CUDA only.
+"""FlexAttention path of the localist attention (bias mechanism, 0 < lambda <= 1), used on CUDA.
 
-``torch.nn.attention.flex_attention`` runs the bias mechanism's training-time attention as one
-fused kernel that skips every tile the mask rules out:
+``torch.nn.attention.flex_attention`` runs the training-time attention as one fused kernel that
+skips every tile its ``BlockMask`` rules out:
 
-- a hard layer (lambda = 1) gets a block-sparse ``BlockMask`` of causal & in-block pairs, so
-  with semantic blocks of at most ``max_len`` tokens almost all of the T x T tiles are skipped;
-- a soft layer (0 < lambda < 1) gets the causal ``BlockMask`` plus a ``score_mod`` that adds
-  log(1 - lambda) to out-of-block logits.
+- a hard layer (lambda = 1) gets the block-sparse mask of causal & in-block pairs, so with
+  semantic blocks of at most ``max_len`` tokens almost all of the T x T tiles are skipped;
+- a soft layer (0 < lambda < 1) gets the causal mask, and the ``score_mod`` adds log(1 - lambda)
+  to out-of-block logits.
 
-Both are built once per batch and kept in the batch's ``LocalityContext`` (like the SDPA masks),
-so every layer with the same lambda shares them. The bias is captured as a tensor, not a Python
-float, so layers with different lambdas reuse one compiled kernel instead of recompiling.
+Compiled once per trial. Dynamo guards a function by its code object and the tensors in its
+closure by dtype, device and shape only, so:
+
+- the mask and score functions are made by the module-level factories below (fixed code
+  objects); block ids, the window width, the bias and the hard/soft switch reach them only as
+  tensors in their closures, never as Python numbers or new code;
+- hard and soft layers call the kernel the same way: one mask function (``open_`` = True in soft
+  layers lets every causal key through) and always a score function (bias -inf in hard layers,
+  where the mask has removed those keys anyway), so they share one compiled kernel;
+- the block masks are built once per batch (``prepare``, with a compiled ``create_block_mask`` on
+  CUDA) and kept in the batch's ``LocalityContext``, shared by every layer;
+- a trial's training batches all have one shape (``Trainer`` draws exactly ``batch_size``
+  sequences per micro-batch), so the shape guards hold too.
 
 Lambda 0 and the penalty mechanism stay on SDPA's causal (flash) kernel, and statistics or
-penalty terms need the explicit probabilities, so this path is only the bias fast path. It is
-taken when the query is on a CUDA device, FlexAttention imports, attention dropout is off and
-``LOCALIST_FLEX`` is not ``0``. FlexAttention has no CPU backward, and without ``torch.compile``
-it materialises the full score matrix, so CPU training never comes here (the CPU path in
-``localist.attention`` is unchanged); the CPU tests call :func:`attention` with
-``compiled=False`` in inference to check the masks against SDPA.
+penalty terms need explicit probabilities, so this path is only the bias fast path. It is taken
+when the query is on CUDA, FlexAttention imports, attention dropout is off and ``LOCALIST_FLEX``
+is not ``0``. If a call fails, the process warns once and goes back to the SDPA masks.
+CPU training never comes here (FlexAttention has no CPU backward); the CPU tests call
+:func:`attention` directly, eager or compiled, in inference.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ except ImportError:  # pragma: no cover - older torch
     create_block_mask = _flex_attention = None
 
 _state = {"enabled": os.environ.get("LOCALIST_FLEX", "1").strip().lower() not in ("0", "false", "no", "off"),
-          "failed": None, "kernel": None}
+          "failed": None, "kernel": {}, "mask_builder": {}}  # compiled functions by backend
 
 
 def available() -> bool:
@@ -64,67 +73,103 @@ def usable(query: torch.Tensor, dropout: float) -> bool:
     return query.is_cuda and dropout == 0.0 and enabled()
 
 
-def _kernel():
-    if _state["kernel"] is None:
-        # Compiled once per process; eager FlexAttention would materialise the scores.
-        _state["kernel"] = torch.compile(_flex_attention, dynamic=False)
-    return _state["kernel"]
+def _compiled(fn, backend: str | None):
+    """``fn`` compiled once per process and backend (None: eager). Eager FlexAttention
+    materialises the scores, so CUDA always compiles; the CPU tests use a quick backend."""
+    if backend is None:
+        return fn
+    cache = _state["kernel" if fn is _flex_attention else "mask_builder"]
+    if backend not in cache:
+        cache[backend] = torch.compile(fn, dynamic=False, backend=backend)
+    return cache[backend]
 
 
-def _in_block(ctx, device):
-    """(b, h, q, kv) -> True where key kv lies in query q's block (the partitioner's rule)."""
-    if ctx.window is not None:
-        w = ctx.window
-
-        def in_block(b, h, q, kv):
-            return q - kv < w
-    else:
-        blocks = ctx.block.to(device)
-
-        def in_block(b, h, q, kv):
-            return blocks[b, q] == blocks[b, kv]
-    return in_block
+def _backend(device, backend: str | None) -> str | None:
+    if backend == "auto":
+        return "inductor" if torch.device(device).type == "cuda" else None
+    return backend
 
 
-def block_mask(ctx, T: int, device, hard: bool):
-    """The batch's BlockMask: causal & in-block (hard) or causal only (soft), built once."""
-    key = ("flex-mask", hard, T, str(device))
-    if key not in ctx._masks:
-        if hard:
-            in_block = _in_block(ctx, device)
+# -- the mask and score functions: fixed code, data only in tensors -------------------------------
 
-            def mask_mod(b, h, q, kv):
-                return (kv <= q) & in_block(b, h, q, kv)
-            batch = None if ctx.window is not None else ctx.block.shape[0]
+
+def _semantic_mask(block: torch.Tensor, open_: torch.Tensor):
+    def mask_mod(b, h, q, kv):
+        return (kv <= q) & ((block[b, q] == block[b, kv]) | open_)
+    return mask_mod
+
+
+def _window_mask(width: torch.Tensor, open_: torch.Tensor):
+    def mask_mod(b, h, q, kv):
+        return (kv <= q) & ((q - kv < width) | open_)
+    return mask_mod
+
+
+def _semantic_score(block: torch.Tensor, bias: torch.Tensor):
+    def score_mod(score, b, h, q, kv):
+        return torch.where(block[b, q] == block[b, kv], score, score + bias)
+    return score_mod
+
+
+def _window_score(width: torch.Tensor, bias: torch.Tensor):
+    def score_mod(score, b, h, q, kv):
+        return torch.where(q - kv < width, score, score + bias)
+    return score_mod
+
+
+def _data(ctx, device):
+    """The batch's block ids (semantic/sentence) or window width, as a tensor on `device`."""
+    def build():
+        if ctx.window is not None:
+            return torch.tensor(ctx.window, dtype=torch.int64, device=device)
+        return ctx.block.to(device)
+    return ctx.cached(("flex-data", str(device)), build)
+
+
+def block_mask(ctx, T: int, device, hard: bool, backend: str | None = "auto"):
+    """The batch's BlockMask: causal & in-block (hard) or causal only (soft), built once.
+
+    ``backend``: how ``create_block_mask`` runs - "auto" (compiled on CUDA, eager elsewhere),
+    a torch.compile backend name, or None (eager)."""
+    def build():
+        data = _data(ctx, device)
+        open_ = torch.tensor(not hard, device=device)
+        if ctx.window is not None:
+            mod, batch = _window_mask(data, open_), None
         else:
-            def mask_mod(b, h, q, kv):
-                return kv <= q
-            batch = None
-        ctx._masks[key] = create_block_mask(mask_mod, batch, None, T, T, device=device)
-    return ctx._masks[key]
+            mod, batch = _semantic_mask(data, open_), data.shape[0]
+        return _compiled(create_block_mask, _backend(device, backend))(mod, batch, None, T, T, device=device)
+    return ctx.cached(("flex-mask", hard, T, str(device)), build)
 
 
 def score_mod(ctx, lam: float, device):
-    """Adds log(1 - lambda) to out-of-block logits; one function per lambda and batch."""
-    key = ("flex-score", lam, str(device))
-    if key not in ctx._masks:
-        in_block = _in_block(ctx, device)
-        bias = torch.tensor(math.log1p(-lam), dtype=torch.float32, device=device)
-
-        def mod(score, b, h, q, kv):
-            return torch.where(in_block(b, h, q, kv), score, score + bias)
-        ctx._masks[key] = mod
-    return ctx._masks[key]
+    """Adds log(1 - lambda) to out-of-block logits (-inf for lambda 1); one per lambda and batch."""
+    def build():
+        data = _data(ctx, device)
+        bias = torch.tensor(math.log1p(-lam) if lam < 1.0 else -math.inf, dtype=torch.float32, device=device)
+        return (_window_score if ctx.window is not None else _semantic_score)(data, bias)
+    return ctx.cached(("flex-score", lam, str(device)), build)
 
 
-def attention(ctx, lam: float, query, key, value, scaling: float | None, compiled: bool = True) -> torch.Tensor:
-    """Bias-mechanism attention for 0 < lambda <= 1; returns (B, T, H, D) like the SDPA path."""
+def prepare(ctx, T: int, device, backend: str | None = "auto") -> None:
+    """Build every mask and score function this batch will use, before the model runs.
+
+    A compiled model then only looks them up (no mask construction inside its graph)."""
+    for lam in sorted(set(ctx.lambdas)):
+        if lam > 0.0 and ctx.mechanism == "bias":
+            block_mask(ctx, T, device, lam >= 1.0, backend)
+            score_mod(ctx, lam, device)
+
+
+def attention(ctx, lam: float, query, key, value, scaling: float | None,
+              backend: str | None = "inductor") -> torch.Tensor:
+    """Bias-mechanism attention for 0 < lambda <= 1; returns (B, T, H, D) like the SDPA path.
+
+    ``backend``: the torch.compile backend of the kernel and of ``create_block_mask`` (None: eager)."""
     T = query.shape[-2]
-    hard = lam >= 1.0
-    mask = block_mask(ctx, T, query.device, hard)
-    mod = None if hard else score_mod(ctx, lam, query.device)
-    fn = _kernel() if compiled else _flex_attention
-    out = fn(query, key, value, score_mod=mod, block_mask=mask, scale=scaling)
+    mask = block_mask(ctx, T, query.device, lam >= 1.0, backend)
+    mod = score_mod(ctx, lam, query.device)
+    out = _compiled(_flex_attention, backend)(query, key, value, score_mod=mod, block_mask=mask, scale=scaling)
     return out.transpose(1, 2).contiguous()
 
 
@@ -133,7 +178,12 @@ def try_attention(ctx, lam: float, query, key, value, scaling: float | None) -> 
     try:
         return attention(ctx, lam, query, key, value, scaling)
     except Exception as e:  # a compiler or kernel problem must not kill a trial: SDPA still works
-        _state["failed"] = f"{type(e).__name__}: {e}"
-        warnings.warn(f"localist: FlexAttention failed ({_state['failed'][:300]}); using SDPA masks instead",
-                      RuntimeWarning, stacklevel=2)
+        disable(f"{type(e).__name__}: {e}")
         return None
+
+
+def disable(reason: str) -> None:
+    """Switch the path off for the rest of the process, with one warning."""
+    _state["failed"] = reason
+    warnings.warn(f"localist: FlexAttention failed ({reason[:300]}); using SDPA masks instead",
+                  RuntimeWarning, stacklevel=3)

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from localist import faults, io, outputs
+from localist import faults, flex, io, outputs, speed
 from localist.attention import LocalityContext
 from localist.config import TrialConfig
 from localist.data import Dataset, prepare
+from localist.loss import linear_cross_entropy
 from localist.model import build_model, n_layers
 from localist.schedules import layer_lambdas
 
@@ -76,7 +77,8 @@ def _optimizer(model, cfg: TrialConfig) -> torch.optim.Optimizer:
 
 class Trainer:
     def __init__(self, cfg: TrialConfig, out: str, trial_id: str = "trial", log: Callable[[str], None] = print,
-                 extra: dict | None = None):
+                 extra: dict | None = None, data: Dataset | None = None):
+        """``data`` replaces the corpus named by the config (benchmarks pass synthetic tokens)."""
         self.cfg, self.out, self.trial_id, self.log = cfg, out, trial_id, log
         self.extra = extra or {}
         t = cfg.train
@@ -86,7 +88,7 @@ class Trainer:
         self.device = self.accel.device
         set_seed(cfg.seed)
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
-        self.data: Dataset = prepare(cfg.data, tokenizer, log=log)
+        self.data: Dataset = data if data is not None else prepare(cfg.data, tokenizer, log=log)
         model = build_model(cfg.model, self.data.vocab_size, cfg.data.seq_len, cfg.seed)
         self.n_layer = n_layers(model)
         self.lambdas = layer_lambdas(cfg.locality, self.n_layer)
@@ -96,9 +98,8 @@ class Trainer:
         optimizer = _optimizer(model, cfg)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
-        if t.compile:
-            model = torch.compile(model)
         self.model, self.optimizer, self.scheduler = self.accel.prepare(model, optimizer, scheduler)
+        self._setup_forward(model)
         self.step = 0
         self.tokens_seen = 0
         self.train_time = 0.0
@@ -108,6 +109,29 @@ class Trainer:
         self.step_rows: list[dict] = []
         self.layer_rows: list[dict] = []
         self.attention_rows: list[dict] = []
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read
+        self._ahead = None  # the next micro-batch, already on its way to the device
+        self._warm: tuple[int, float, int] | None = None  # tokens, train time, dynamo frames after step 1
+
+    def _setup_forward(self, model) -> None:
+        """The training forward + loss, compiled when ``train.compile`` says so for this device.
+
+        ``self.model`` stays the uncompiled module (evaluation with statistics runs eagerly; the
+        parameters are shared). For GPT-2 in one process the loss comes from the hidden states
+        through the tied head chunk by chunk (``localist.loss``); other models use their logits.
+        """
+        self.compiled = self.cfg.train.compiled_on(self.device.type)
+        head = model.get_output_embeddings()
+        simple = (getattr(model.config, "model_type", "") == "gpt2" and isinstance(head, torch.nn.Linear)
+                  and head.bias is None and self.accel.distributed_type == DistributedType.NO)
+        self._base, self._head = (model.base_model, head) if simple else (None, None)
+        dropout = getattr(model.config, "attn_pdrop", getattr(model.config, "attention_dropout", 0.0)) or 0.0
+        loc = self.cfg.locality
+        self._flex = (self.device.type == "cuda" and loc.mechanism == "bias" and dropout == 0.0
+                      and any(x > 0 for x in self.lambdas))
+        self._forward = torch.compile(self._forward_loss) if self.compiled else self._forward_loss
+        self._penalty_weight = float(loc.penalty_weight)  # a plain float: the compiled loss reads it
+        self.flops_per_token = speed.flops_per_token(model, self.cfg.data.seq_len)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -115,18 +139,44 @@ class Trainer:
         return LocalityContext(lambdas=self.lambdas, block=None if self.window else blocks.to(self.device),
                                window=self.window, mechanism=self.cfg.locality.mechanism, **kw)
 
-    def _batch(self, step: int, micro: int):
-        """The batch of a given step, the same on every run and after every resume."""
+    def _load(self, step: int, micro: int):
+        """The batch of a given step, the same on every run and after every resume: always exactly
+        ``batch_size`` sequences (one shape for the whole trial, so compiled code never recompiles)."""
         rng = np.random.default_rng([self.cfg.seed, step, micro])
         idx = np.sort(rng.integers(0, len(self.data.train), self.cfg.train.batch_size))
         seqs = torch.from_numpy(np.asarray(self.data.train[idx], dtype=np.int64))
-        return seqs[:, :-1].to(self.device), seqs[:, 1:].to(self.device), self.train_blocks[idx]
+        parts = (seqs[:, :-1], seqs[:, 1:], self.train_blocks[idx])
+        if self.device.type != "cuda":
+            return parts
+        return tuple(p.pin_memory().to(self.device, non_blocking=True) for p in parts)
+
+    def _batch(self, step: int, micro: int):
+        """The batch of (step, micro); on CUDA the next one is loaded to pinned memory and its copy
+        queued right away, so the device never waits for the host to index and copy a batch."""
+        t = self.cfg.train
+        ahead, self._ahead = self._ahead, None
+        batch = ahead[1] if ahead is not None and ahead[0] == (step, micro) else self._load(step, micro)
+        nxt = (step, micro + 1) if micro + 1 < t.grad_accum else (step + 1, 0)
+        if self.device.type == "cuda" and nxt[0] < t.steps:
+            self._ahead = (nxt, self._load(*nxt))
+        return batch
 
     # -- loss and evaluation ---------------------------------------------------------------------
 
     def _loss(self, x, y, ctx: LocalityContext) -> torch.Tensor:
-        logits = self.model(input_ids=x, locality=ctx).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        """The training loss of one micro-batch (compiled when the trial compiles)."""
+        if self._flex and flex.enabled():
+            flex.prepare(ctx, x.shape[1], self.device)  # block masks built once, outside the graph
+        with self.accel.autocast():
+            return self._forward(x, y, ctx)
+
+    def _forward_loss(self, x, y, ctx: LocalityContext) -> torch.Tensor:
+        if self._base is not None:
+            hidden = self._base(input_ids=x, locality=ctx).last_hidden_state
+            loss = linear_cross_entropy(hidden.flatten(0, 1), self._head.weight, y.reshape(-1))
+        else:
+            logits = self.model(input_ids=x, locality=ctx).logits
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         if ctx.penalty_terms:
             loss = loss + self.cfg.locality.penalty_weight * torch.stack(ctx.penalty_terms).sum()
         return loss
@@ -173,8 +223,8 @@ class Trainer:
             self.attention_rows += [{"layer": layer, "query": int(a), "key": int(b), "weight": float(att[a, b]),
                                      "token": tokens[b]} for a, b in zip(q, k)]
 
-    def _row(self, split: str, loss: float) -> None:
-        self.step_rows.append({"step": self.step, "split": split, "loss": loss,
+    def _row(self, split: str, loss: float, step: int | None = None) -> None:
+        self.step_rows.append({"step": self.step if step is None else step, "split": split, "loss": loss,
                                "ppl": math.exp(loss) if loss < 700 else math.inf,
                                "lr": float(self.scheduler.get_last_lr()[0]),
                                "tokens_seen": self.tokens_seen, "elapsed_s": self.train_time})
@@ -200,11 +250,12 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def train_step(self) -> float:
-        """One optimizer step (all its micro-batches) at self.step; returns its mean loss."""
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step (all its micro-batches) at self.step; returns its mean loss as a 0-d
+        tensor on the device, unread: reading it every step would make the host wait for the GPU."""
         t = self.cfg.train
         fault = faults.check(self.step + 1, self.trial_id)
-        step_loss = 0.0
+        step_loss = None
         for micro in range(t.grad_accum):
             x, y, blocks = self._batch(self.step, micro)
             with self.accel.accumulate(self.model):
@@ -217,8 +268,23 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            step_loss += float(loss.detach()) / t.grad_accum
+            part = loss.detach() / t.grad_accum
+            step_loss = part if step_loss is None else step_loss + part
         return step_loss
+
+    def _read_losses(self) -> tuple[int, float] | None:
+        """Read the steps' losses queued since the last read (one wait for the device) into the
+        train-loss window; the first non-finite one as (step, loss), else None."""
+        if not self._pending:
+            return None
+        steps = [s for s, _ in self._pending]
+        values = torch.stack([v.float() for _, v in self._pending]).tolist()
+        self._pending = []
+        for s, v in zip(steps, values):
+            if not math.isfinite(v):
+                return s, v
+            self.loss_window = [self.loss_window[0] + v, self.loss_window[1] + 1]
+        return None
 
     def fit(self, on_checkpoint: Callable[["Trainer"], None] | None = None,
             on_progress: Callable[[dict], None] | None = None,
@@ -229,28 +295,36 @@ class Trainer:
         status = "completed"
         self.model.train()
         tokens_per_step = t.batch_size * t.grad_accum * self.cfg.data.seq_len
+        first = self.step + 1
         while self.step < t.steps:
             t0 = time.perf_counter()
-            step_loss = self.train_step()
+            self._pending.append((self.step + 1, self.train_step()))
             self.step += 1
             self.tokens_seen += tokens_per_step
+            last = self.step == t.steps
+            log = self.step % t.log_every == 0 or last
+            ev = self.step % t.eval_every == 0 or last
+            ckpt = bool(on_checkpoint and t.checkpoint_every and self.step % t.checkpoint_every == 0 and not last)
+            # Losses are read (the host waits for the device) only here, inside the timed span.
+            bad = self._read_losses() if (log or ev or ckpt or self.step == first) else None
             self.train_time += time.perf_counter() - t0
-            if not math.isfinite(step_loss):
+            if self.step == first:
+                self._warm = (self.tokens_seen, self.train_time, speed.dynamo_frames())
+            if bad is not None:
                 status = "diverged"
-                self._row("train", step_loss)
-                self.log(f"[{self.trial_id}] step {self.step}: loss is {step_loss}; stopping (diverged)")
+                self._row("train", bad[1], step=bad[0])
+                self.log(f"[{self.trial_id}] step {bad[0]}: loss is {bad[1]}; stopping at step {self.step} (diverged)")
                 break
-            self.loss_window = [self.loss_window[0] + step_loss, self.loss_window[1] + 1]
-            if self.step % t.log_every == 0 or self.step == t.steps:
+            if log:
                 mean = self.loss_window[0] / self.loss_window[1]
                 self._row("train", mean)
                 self._progress(mean, on_progress)
                 self.loss_window = [0.0, 0]
-            if self.step % t.eval_every == 0 or self.step == t.steps:
+            if ev:
                 loss = self.evaluate()
-                if on_eval and self.step < t.steps:
+                if on_eval and not last:
                     on_eval(self, loss)
-            if on_checkpoint and t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
+            if ckpt:
                 on_checkpoint(self)
         eval_loss = math.nan
         if status == "completed":
@@ -269,6 +343,18 @@ class Trainer:
         if on_progress:
             on_progress(info)
 
+    def speed_figures(self) -> dict:
+        """compiled; recompiles (dynamo compiles after the first step of this run); mfu (model
+        FLOPs utilisation after the first step, on a GPU of the peak table with bf16/fp16, else None)."""
+        frames, rate = 0, 0.0
+        if self._warm is not None:
+            tokens, seconds, frames0 = self._warm
+            frames = speed.dynamo_frames() - frames0
+            rate = (self.tokens_seen - tokens) / (self.train_time - seconds) if self.train_time > seconds else 0.0
+        peak = speed.peak_flops(self.device) if self.accel.mixed_precision in ("bf16", "fp16") else None
+        return {"compiled": self.compiled, "recompiles": frames,
+                "mfu": speed.mfu(self.flops_per_token, rate, peak)}
+
     def _finish(self, status: str, eval_loss: float, wall: float) -> TrialResult:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mb()
         summary = {
@@ -278,7 +364,7 @@ class Trainer:
             "tokens_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0,
             "wall_s": wall, "train_s": self.train_time, "peak_mem_mb": peak_mb,
             "n_layer_actual": self.n_layer, "lambdas": json.dumps([round(x, 6) for x in self.lambdas]),
-            "device": str(self.device), "hostname": socket.gethostname(), **self.extra,
+            "device": str(self.device), "hostname": socket.gethostname(), **self.speed_figures(), **self.extra,
         }
         row = outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
                                   self.attention_rows)

@@ -39,7 +39,7 @@ def test_flex_matches_sdpa_masks(qkv, lam, partition):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager FlexAttention warns that it is unfused
         with torch.no_grad():
-            out = flex.attention(LocalityContext(lambdas=[lam], **partition), lam, q, k, v, scale, compiled=False)
+            out = flex.attention(LocalityContext(lambdas=[lam], **partition), lam, q, k, v, scale, backend=None)
     ref = sdpa_reference(LocalityContext(lambdas=[lam], **partition), lam, q, k, v, scale)
     assert out.shape == ref.shape == (B, T, H, D)
     assert (out - ref).abs().max() < 1e-5

@@ -89,11 +89,16 @@ def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, mon
 
 
 def test_nan_loss_stops_as_diverged(tiny_config, tmp_path, monkeypatch):
+    """Losses are read at logging time (no wait for the device every step): a NaN at step 7 is
+    noticed at the next log (step 10, log_every 10), recorded at step 7, and the trial stops."""
     monkeypatch.setenv("LOCALIST_FAULT", "nan@7")
     result = run_trial(tiny_config(), str(tmp_path), log=lambda *_: None)
     assert result.status == "diverged" and math.isnan(result.eval_loss)
     row = pd.read_parquet(tmp_path / "trial.parquet").iloc[0]
-    assert row.status == "diverged" and row.final_step == 7 and math.isnan(row.eval_ppl)
+    assert row.status == "diverged" and row.final_step == 10 and math.isnan(row.eval_ppl)
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    train = steps[steps.split == "train"]
+    assert list(train.step) == [7] and math.isnan(train.loss.iloc[0])  # the first bad step, nothing after
 
 
 def test_penalty_and_window_trials_run(tiny_config, tmp_path):
