@@ -109,3 +109,41 @@ def test_failure_falls_back_once_with_a_warning(monkeypatch, qkv):
     finally:
         flex.set_enabled(True)
     assert flex.enabled()
+
+
+def test_compiled_flex_compiles_once_per_kind():
+    """The compiled kernel and compiled create_block_mask on CPU over batches with different block
+    layouts and lambdas: after the first soft and the first hard call (and the first window call)
+    dynamo compiles nothing more. Backend aot_eager: dynamo's guards, which decide recompiles, are
+    the same for every backend, and inductor's CPU kernels take minutes to build on 2 cores."""
+    from localist.speed import dynamo_frames
+
+    g = torch.Generator().manual_seed(1)
+    scale = 1 / math.sqrt(D)
+
+    def batch(partition):
+        q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+        if partition == "window":
+            return q, k, v, {"window": int(torch.randint(3, 9, (), generator=g))}
+        starts = torch.rand(B, T, generator=g) < 0.2
+        return q, k, v, {"block": starts.long().cumsum(-1)}
+
+    def run(partition, lams):
+        q, k, v, part = batch(partition)
+        ctx = LocalityContext(lambdas=list(lams), **part)
+        flex.prepare(ctx, T, "cpu", backend="aot_eager")
+        with torch.no_grad():
+            for lam in lams:
+                out = flex.attention(ctx, lam, q, k, v, scale, backend="aot_eager")
+                ref = sdpa_reference(LocalityContext(lambdas=[lam], **part), lam, q, k, v, scale)
+                assert (out - ref).abs().max() < 1e-5
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for partition in ("semantic", "window"):
+            run(partition, [0.5])  # first soft call
+            run(partition, [1.0])  # first hard call
+            warm = dynamo_frames()
+            for lams in ([1 / 6, 1.0], [1.0, 5 / 6, 0.25], [0.5]):
+                run(partition, lams)
+            assert dynamo_frames() == warm, f"{partition}: recompiled after warm-up"

@@ -142,3 +142,47 @@ def test_second_load_uses_the_cache(tiny_config):
     prepare(cfg.data, "tiny", log=lambda *_: None)
     again = prepare(cfg.data, "tiny", log=lambda *_: None)
     assert again.cached and again.train.shape[1] == cfg.data.seq_len + 1
+
+
+def test_compiled_trial_trains_like_the_eager_one(tiny_config, tmp_path):
+    """train.compile=true on CPU (inductor): the loss really goes through the compiled function,
+    trains the same model as eager, never recompiles after step 1, and says so in trial.parquet."""
+    import torch
+
+    from localist.config import build
+    from tests.conftest import tiny_tree
+
+    short = {"steps": 4, "eval_every": 4, "log_every": 2}
+    eager = run_trial(tiny_config(train=short, locality={"peak": 1.0}), str(tmp_path / "eager"), log=lambda *_: None)
+    cfg = tiny_config(train={**short, "compile": True}, locality={"peak": 1.0})
+    trainer = Trainer(cfg, str(tmp_path / "compiled"), log=lambda *_: None)
+    assert trainer.compiled and trainer._forward is not trainer._forward_loss
+    assert isinstance(trainer.model, torch.nn.Module) and not hasattr(trainer.model, "_orig_mod")  # eval: eager
+    result = trainer.fit()
+    assert result.status == "completed"
+    assert result.eval_loss == pytest.approx(eager.eval_loss, rel=1e-3)
+    row = pd.read_parquet(tmp_path / "compiled" / "trial.parquet").iloc[0]
+    assert bool(row.compiled) and row.recompiles == 0 and pd.isna(row.mfu) and row["train.compile"] == "true"
+    assert not pd.read_parquet(tmp_path / "eager" / "trial.parquet").iloc[0].compiled  # auto on CPU: off
+    assert build(tiny_tree(train={"compile": False}), "t").train.compile == "false"  # old booleans still read
+
+
+def test_chunked_cross_entropy_is_exact():
+    import torch
+    import torch.nn.functional as F
+
+    from localist.loss import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(300, 16, generator=g, requires_grad=True)
+    w = torch.randn(500, 16, generator=g, requires_grad=True)
+    y = torch.randint(0, 500, (300,), generator=g)
+    ref = F.cross_entropy((h @ w.t()).float(), y)
+    ref_grads = torch.autograd.grad(3 * ref, (h, w))
+    got = linear_cross_entropy(h, w, y, chunk_elements=64 * 500)  # 5 chunks, the last one short
+    grads = torch.autograd.grad(3 * got, (h, w))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    for a, b in zip(grads, ref_grads):
+        assert (a - b).abs().max() < 1e-6
+    with torch.no_grad():
+        assert linear_cross_entropy(h, w, y).item() == pytest.approx(ref.item(), rel=1e-6)
