@@ -25,25 +25,43 @@ def test_quick_suite_runs_and_prints_the_table():
     assert "FAILED" not in out and "MISSED" not in out  # --quick reports no targets
 
 
-def test_gpu_script_dry_run_on_cpu():
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    """The GPU check's CPU form: verify, then two variants of Trainer.train_step, each in its own process."""
     from benchmarks import gpu_check
 
-    res = gpu_check.main(["--dry", "--device", "cpu", "--mode", "verify,trainer,throughput"])
+    res = gpu_check.main(["--dry", "--device", "cpu", "--mode", "verify,trainer", "--variants", "vanilla,bias quintic",
+                          "--out", str(tmp_path)])
     assert all(r["ok"] for r in res["verify"])
-    assert [r["variant"] for r in res["trainer"]] == ["vanilla", "bias quintic"]
-    names = [r["variant"] for r in res["throughput"]]
-    assert names[0] == "vanilla" and "bias window" in names and "bias uniform strict" in names
-    assert all(r["tokens_per_s"] > 0 and r["ratio_vs_vanilla"] > 0 for r in res["trainer"] + res["throughput"])
+    rows = res["trainer"]
+    assert [r["variant"] for r in rows] == ["vanilla", "bias quintic"] and not any("error" in r for r in rows)
+    assert all(r["tokens_per_s"] > 0 and r["ratio_vs_vanilla"] > 0 and r["recompiles"] == 0 for r in rows)
+    assert not any(r["compiled"] for r in rows) and all(r["mfu"] is None for r in rows)  # auto: eager on CPU
+    assert "| bias quintic |" in (tmp_path / "gpu_check.md").read_text()
+    assert (tmp_path / "gpu_check.json").exists()
 
 
-def test_gpu_script_flops_and_lambdas():
+def test_gpu_script_dry_run_compiled():
+    """--compile: the variant's trainer really compiles (inductor on CPU) and never recompiles after warm-up."""
     from benchmarks import gpu_check
 
-    assert gpu_check.lambdas("uniform", 3) == [1.0, 1.0, 1.0]
-    assert gpu_check.lambdas("quintic", 3) == [0.0, 0.5 ** 5, 1.0]
-    model, _ = gpu_check.build(gpu_check.DRY, 64, True, gpu_check.torch.device("cpu"))
-    n = sum(p.numel() for p in model.parameters()) - 64 * gpu_check.DRY["n_embd"]
-    assert gpu_check.flops_per_token(model, 64) == 6 * n + 12 * 2 * 64 * 64
+    res = gpu_check.main(["--dry", "--device", "cpu", "--compile", "--mode", "trainer", "--variants", "bias quintic"])
+    (row,) = res["trainer"]
+    assert "error" not in row, row.get("error")
+    assert row["compiled"] and row["recompiles"] == 0 and row["tokens_per_s"] > 0
+
+
+def test_flops_per_token_and_mfu():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from localist import speed
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=2))
+    n = sum(p.numel() for p in model.parameters()) - 64 * 64  # without the position embeddings
+    assert speed.flops_per_token(model, 64) == 6 * n + 12 * 2 * 64 * 64
+    assert speed.peak_flops(torch.device("cpu")) is None
+    assert speed.mfu(1e9, 1e5, speed.peak_flops(torch.device("cpu"), 100.0)) == pytest.approx(1e14 / 1e14)
+    assert speed.mfu(1e9, 1e5, None) is None
 
 
 @pytest.mark.parametrize("value,target,status", [(1.05, "<= 1.10", "met"), (1.2, "<= 1.10", "MISSED"),
