@@ -166,7 +166,8 @@ class Trainer:
     def _loss(self, x, y, ctx: LocalityContext) -> torch.Tensor:
         """The training loss of one micro-batch (compiled when the trial compiles)."""
         if self._flex and flex.enabled():
-            flex.prepare(ctx, x.shape[1], self.device)  # block masks built once, outside the graph
+            flex.prepare(ctx, x.shape[1], x.device)  # block masks built once, outside the graph (x.device:
+            # 'cuda:0', the key the attention layers look them up by, where self.device may say 'cuda')
         with self.accel.autocast():
             return self._forward(x, y, ctx)
 
