@@ -179,7 +179,7 @@ class Trainer:
             logits = self.model(input_ids=x, locality=ctx).logits
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         if ctx.penalty_terms:
-            loss = loss + self.cfg.locality.penalty_weight * torch.stack(ctx.penalty_terms).sum()
+            loss = loss + self._penalty_weight * torch.stack(ctx.penalty_terms).sum()
         return loss
 
     @torch.no_grad()
