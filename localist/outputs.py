@@ -11,6 +11,9 @@ from localist.config import TrialConfig
 
 STEP_COLUMNS = ["trial_id", "step", "split", "loss", "ppl", "lr", "tokens_seen", "elapsed_s"]
 LAYER_COLUMNS = ["trial_id", "step", "layer", "lambda", "entropy_bits", "entropy_norm", "in_block_mass"]
+# Held-out loss by the query token's 0-based position in its block: name -> [low, high) positions.
+# trial.parquet gets one token-weighted mean NLL (nats) per group; see Trainer.block_positions.
+POSITION_GROUPS = {"eval_loss_pos1": (0, 1), "eval_loss_pos2_4": (1, 4), "eval_loss_pos5p": (4, None)}
 ATTENTION_COLUMNS = ["trial_id", "layer", "query", "key", "weight", "token"]
 
 _SCHEMAS = {

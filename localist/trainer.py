@@ -182,32 +182,59 @@ class Trainer:
             loss = loss + self._penalty_weight * torch.stack(ctx.penalty_terms).sum()
         return loss
 
+    def block_positions(self, blocks: torch.Tensor) -> torch.Tensor:
+        """(B, T) 0-based position of each query token in its block.
+
+        Semantic and sentence blocks are runs of equal ids: the distance to the run's first
+        token. The window partitioner has no blocks; a query there sees min(i, w-1) earlier keys
+        in its band, and that count is its position (so both read "keys before me in my block").
+        """
+        T = blocks.shape[-1]
+        idx = torch.arange(T).expand(blocks.shape[0], T)
+        if self.window:
+            return idx.clamp(max=self.window - 1)
+        starts = torch.ones_like(blocks, dtype=torch.bool)
+        starts[:, 1:] = blocks[:, 1:] != blocks[:, :-1]
+        return idx - torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Token-weighted held-out loss; per-layer attention statistics reduced on the fly."""
+        """Token-weighted held-out loss, also split by the query token's position in its block
+        (``outputs.POSITION_GROUPS``: first token, positions 2-4, 5+; kept in ``eval_positions``);
+        per-layer attention statistics reduced on the fly."""
         self.model.eval()
         n = min(self.cfg.data.eval_sequences, len(self.data.eval))
         bs = self.cfg.train.batch_size
         nll, count = 0.0, 0
+        edges = torch.tensor([lo for lo, _ in outputs.POSITION_GROUPS.values()][1:])
+        group_nll, group_count = torch.zeros(len(edges) + 1, dtype=torch.float64), torch.zeros(len(edges) + 1)
         stats_ctx = None
         for start in range(0, n, bs):
             stop = min(start + bs, n)  # exactly the first n held-out sequences, whatever the batch size
             seqs = torch.from_numpy(np.asarray(self.data.eval[start:stop], dtype=np.int64))
             x, y = seqs[:, :-1].to(self.device), seqs[:, 1:].to(self.device)
             first = start == 0
-            ctx = self._context(self.eval_blocks[start:stop], collect_stats=True,
+            blocks = self.eval_blocks[start:stop]
+            ctx = self._context(blocks, collect_stats=True,
                                 sample_layers=(0, self.n_layer - 1) if first else ())
             if stats_ctx is not None:
                 ctx.stats = stats_ctx.stats
             with self.accel.autocast():
                 logits = self.model(input_ids=x, locality=ctx).logits
-            nll += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+            token_nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                        reduction="none").double().cpu()
+            nll += float(token_nll.sum())
             count += y.numel()
+            group = torch.bucketize(self.block_positions(blocks).reshape(-1), edges, right=True)
+            group_nll.index_add_(0, group, token_nll)
+            group_count.index_add_(0, group, torch.ones_like(group, dtype=group_count.dtype))
             if first:
                 self._keep_sample(ctx, seqs[0])
             stats_ctx = ctx
         self.model.train()
         loss = nll / count
+        self.eval_positions = {name: float(s / c) if c else math.nan
+                               for name, s, c in zip(outputs.POSITION_GROUPS, group_nll, group_count)}
         for layer in range(self.n_layer):
             self.layer_rows.append({"step": self.step, "layer": layer, "lambda": self.lambdas[layer],
                                     **stats_ctx.stats[layer].means()})
@@ -356,6 +383,12 @@ class Trainer:
         return {"compiled": self.compiled, "recompiles": frames,
                 "mfu": speed.mfu(self.flops_per_token, rate, peak)}
 
+    def _device_name(self) -> str:
+        """The device and, on a GPU, its model name (what the report's provenance shows)."""
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return str(self.device)
+
     def _finish(self, status: str, eval_loss: float, wall: float) -> TrialResult:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mb()
         summary = {
@@ -365,7 +398,11 @@ class Trainer:
             "tokens_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0,
             "wall_s": wall, "train_s": self.train_time, "peak_mem_mb": peak_mb,
             "n_layer_actual": self.n_layer, "lambdas": json.dumps([round(x, 6) for x in self.lambdas]),
-            "device": str(self.device), "hostname": socket.gethostname(), **self.speed_figures(), **self.extra,
+            "device": self._device_name(), "hostname": socket.gethostname(),
+            "n_params": sum(p.numel() for p in self.accel.unwrap_model(self.model).parameters()),
+            **{k: v if status == "completed" else math.nan
+               for k, v in getattr(self, "eval_positions", dict.fromkeys(outputs.POSITION_GROUPS, math.nan)).items()},
+            **self.speed_figures(), **self.extra,
         }
         row = outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
                                   self.attention_rows)

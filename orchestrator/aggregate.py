@@ -4,15 +4,20 @@ Reads ``<sweep>/results/{trials,steps,layers,attention}.parquet`` (only ``trials
 and writes ``<sweep>/summary/``:
 
 - ``cells.parquet``: one row per (configuration, schedule, comparator, metric) with seed
-  statistics of eval_ppl and eval_loss and paired comparisons against the baseline
-  configuration of the same schedule and seed (see ``orchestrator.stats``);
+  statistics of eval_ppl, eval_loss and (where the trials recorded them) the held-out loss by
+  position in the block (eval_loss_pos1, eval_loss_pos2_4, eval_loss_pos5p), and paired
+  comparisons against the baseline configuration of the same schedule and seed (see
+  ``orchestrator.stats``), with ``seeds_2pct``: the paired seeds a t-test would need to detect a
+  2% ratio at 80% power given the observed spread of the per-seed ratios;
+- ``provenance.json``: what was run (``orchestrator.provenance``);
 - ``layers.parquet``: one row per (cell, layer, quantity): mean and t interval over seeds of the
   per-layer lambda, entropy_bits, entropy_norm and in_block_mass at each trial's last step;
 - ``curves.parquet``: one row per (cell, split, step, metric): mean and t interval over seeds of
   the training and eval loss/perplexity curves;
 - ``excluded.parquet``: the trials that were not averaged in (diverged, errored, missing, or
   completed without a finite metric), with the reason;
-- ``report.html`` and its figures as PNG files (``orchestrator.report``), unless ``report=False``.
+- ``report.html`` and its figures as PNG files (``orchestrator.report``), unless ``report=False``;
+  then an older report and its figures are removed so they never contradict the new tables.
 
 Only ``status == "completed"`` trials with finite metrics are averaged; every other trial is
 counted and listed. Large tables (steps, layers) are reduced with vectorised groupby.
@@ -32,21 +37,25 @@ import pyarrow.dataset as pads
 from localist import io as lio
 from orchestrator import stats
 
-METRICS = ("eval_ppl", "eval_loss")
+METRICS = ("eval_ppl", "eval_loss")  # a trial is usable only with both finite
+POSITION_METRICS = ("eval_loss_pos1", "eval_loss_pos2_4", "eval_loss_pos5p")  # optional, by block position
 LAYER_QUANTITIES = ("lambda", "entropy_bits", "entropy_norm", "in_block_mass")
 CURVE_METRICS = ("loss", "ppl")
 SCHEDULE_ORDER = ("linear", "quadratic", "cubic", "quartic", "quintic", "uniform")
 KEYS = ("configuration", "schedule", "comparator")
 TRIAL_REQUIRED = ("trial_id", "configuration", "schedule", "comparator", "seed", "status",
                   "eval_loss", "eval_ppl")
-TRIAL_OPTIONAL = ("run_trial_id", "error", "locality.peak")
+TRIAL_OPTIONAL = ("run_trial_id", "error", "locality.peak") + POSITION_METRICS
 PEAK = "locality.peak"
 CELL_COLUMNS = (
     "configuration", "schedule", "comparator", "metric", "peak", "is_baseline", "n_trials",
     "n_excluded", "n_seeds", "mean", "std", "sem", "ci_low", "ci_high", "boot_low", "boot_high",
-    "n_paired", "mean_diff", "ratio_mean", "ratio_ci_low", "ratio_ci_high", "p_ttest",
-    "p_wilcoxon", "p_holm", "p_wilcoxon_holm", "d_z", "note",
+    "n_paired", "mean_diff", "diff_ci_low", "diff_ci_high", "ratio_mean", "ratio_ci_low",
+    "ratio_ci_high", "ratio_std", "seeds_2pct", "p_ttest", "p_wilcoxon", "p_holm",
+    "p_wilcoxon_holm", "d_z", "note",
 )
+REPORT_FILES = ("report.html", "ratio_heatmap.png", "ratio_by_peak.png", "positions.png", "layers.png",
+                "curves.png", "attention.png")
 MOMENT_COLUMNS = ("n_seeds", "mean", "std", "sem", "ci_low", "ci_high")
 
 
@@ -116,7 +125,7 @@ def load_trials(sweep_uri: str) -> pd.DataFrame:
     if "error" not in df:
         df["error"] = None
     df[PEAK] = pd.to_numeric(df[PEAK], errors="coerce") if PEAK in df else np.nan
-    for m in METRICS:
+    for m in METRICS + tuple(p for p in POSITION_METRICS if p in df):
         df[m] = pd.to_numeric(df[m], errors="coerce").astype(float)
         df.loc[~np.isfinite(df[m]), m] = np.nan
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
@@ -258,6 +267,12 @@ def _status_note(group: pd.DataFrame) -> str:
     return f"{int(bad.sum())} excluded ({parts})"
 
 
+def metrics_present(trials: pd.DataFrame) -> list[str]:
+    """eval_ppl, eval_loss, and the per-position losses that some trial recorded."""
+    return list(METRICS) + [m for m in POSITION_METRICS
+                            if m in trials and np.isfinite(trials[m].to_numpy(dtype=float)).any()]
+
+
 def cell_statistics(trials: pd.DataFrame, cells: pd.DataFrame, bootstrap: bool = True) -> pd.DataFrame:
     """The long cells table: per cell and metric, seed statistics and paired comparisons."""
     sched_rank = {s: i for i, s in enumerate(schedule_order(trials["schedule"].unique()))}
@@ -265,7 +280,7 @@ def cell_statistics(trials: pd.DataFrame, cells: pd.DataFrame, bootstrap: bool =
     groups = dict(tuple(trials.groupby("cell")))
     usable = trials[trials["status"] == "completed"]
     rows = []
-    for metric in METRICS:
+    for metric in metrics_present(trials):
         vals = usable[["cell", "schedule", "seed", metric]].rename(columns={metric: "value"})
         vals = vals[np.isfinite(vals["value"].to_numpy(dtype=float))].drop_duplicates(["cell", "seed"])
         by_cell = {c: dict(zip(g["seed"], g["value"])) for c, g in vals.groupby("cell")}
@@ -296,6 +311,9 @@ def cell_statistics(trials: pd.DataFrame, cells: pd.DataFrame, bootstrap: bool =
                 if seeds and 0 < len(paired) < len(seeds):
                     notes.append(f"paired on {len(paired)} of {len(seeds)} seeds")
                 notes.append(comp.pop("note"))
+                comp["seeds_2pct"] = stats.seeds_needed(comp["ratio_std"])
+                if 0 < comp["n_paired"] < stats.MIN_SEEDS_FOR_RANKS and np.isfinite(comp["seeds_2pct"]):
+                    notes.append(f"~{comp['seeds_2pct']:.0f} seeds would detect a 2% ratio at 80% power")
                 row.update(comp)
                 family.append(len(rows))
             row["note"] = "; ".join(n for n in notes if n)
@@ -451,9 +469,12 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
     """Aggregate ``<sweep_uri>/results`` into ``<sweep_uri>/summary``; see the module docstring.
 
     Returns {"cells", "layers", "curves", "excluded" (DataFrames), "baseline" (str),
-    "report" (URI of report.html or None), "notes" (dict: section -> why it has no data)}.
+    "report" (URI of report.html or None), "provenance" (dict), "written" and "removed" (URIs),
+    "notes" (dict: section -> why it has no data)}.
     Raises AggregateError for user errors (no results, unknown baseline).
     """
+    from orchestrator import provenance
+
     results = lio.join(sweep_uri, "results")
     summary = lio.join(sweep_uri, "summary")
     trials = load_trials(sweep_uri)
@@ -462,6 +483,8 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
     trials = _attach_cells(trials, cells)
     excluded = excluded_trials(trials)
     cell_stats = cell_statistics(trials, cells)
+    prov = provenance.collect(sweep_uri, _read(lio.join(results, "trials.parquet"), provenance.COLUMNS).to_pandas(),
+                              len(excluded))
 
     notes: dict[str, str] = {}
     from orchestrator.search import report_note
@@ -480,12 +503,13 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
     curves = curve_statistics(steps, trials, cells)
     del steps
 
-    _write(cell_stats, lio.join(summary, "cells.parquet"))
-    _write(layer_stats, lio.join(summary, "layers.parquet"))
-    _write(curves, lio.join(summary, "curves.parquet"))
-    _write(excluded, lio.join(summary, "excluded.parquet"))
+    written = []
+    for df, name in ((cell_stats, "cells"), (layer_stats, "layers"), (curves, "curves"), (excluded, "excluded")):
+        written.append(lio.join(summary, f"{name}.parquet"))
+        _write(df, written[-1])
+    written.append(provenance.write(summary, prov))
 
-    report_uri = None
+    report_uri, removed = None, []
     if report:
         from orchestrator import report as rep
 
@@ -495,12 +519,20 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
             summary, rep.ReportInput(
                 sweep_uri=sweep_uri, baseline=base, trials=trials, cells=cells, cell_stats=cell_stats,
                 layers=layer_stats, curves=curves, excluded=excluded, attention=attention,
-                attention_picks=picks, notes=notes))
+                attention_picks=picks, notes=notes, provenance=prov))
+    else:  # an older report would contradict the tables just written
+        removed = [uri for uri in (lio.join(summary, f) for f in REPORT_FILES) if lio.exists(uri)]
+        for uri in removed:
+            lio.delete(uri)
     echo(terminal_table(cell_stats, base, excluded))
+    echo("wrote: " + ", ".join(written))
+    if removed:
+        echo("removed the stale report (it no longer matched these tables): " + ", ".join(removed))
     if report_uri:
         echo(f"report: {report_uri}")
     return {"cells": cell_stats, "layers": layer_stats, "curves": curves, "excluded": excluded,
-            "baseline": base, "report": report_uri, "notes": notes}
+            "baseline": base, "report": report_uri, "provenance": prov, "written": written,
+            "removed": removed, "notes": notes}
 
 
 def _load_attention(results: str, picks: list[dict], notes: dict) -> pd.DataFrame | None:

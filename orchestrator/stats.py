@@ -10,6 +10,11 @@ the accompanying ``note`` says why; callers write NaN as an empty cell.
 - Paired comparisons use ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon`` on the seeds both
   sides have; the effect size is Cohen's d_z = mean(diff) / std(diff, ddof=1).
 - ``holm`` is the Holm-Bonferroni step-down adjustment of a family of p-values.
+- Fewer than ``MIN_SEEDS_FOR_RANKS`` (3) values get no bootstrap interval and no Wilcoxon test:
+  with two values the bootstrap interval is just the two values and Wilcoxon p cannot go below
+  0.5, so printing them would only mislead. The note says so.
+- ``seeds_needed`` is the paired t-test sample size for a given ratio effect, from the observed
+  standard deviation of the per-seed ratios (exact noncentral t power).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from scipy import stats as sps
 CONFIDENCE = 0.95
 N_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0
+MIN_SEEDS_FOR_RANKS = 3  # below this: no bootstrap interval, no Wilcoxon (see the module docstring)
 
 NAN = float("nan")
 
@@ -114,7 +120,9 @@ def describe(values: Iterable[float], confidence: float = CONFIDENCE, bootstrap:
     out["std"] = float(x.std(ddof=1))
     out["sem"] = out["std"] / np.sqrt(n)
     out["ci_low"], out["ci_high"] = t_interval(x, confidence)
-    if bootstrap:
+    if n < MIN_SEEDS_FOR_RANKS:
+        out["note"] = f"n={n}: no bootstrap CI"
+    elif bootstrap:
         out["boot_low"], out["boot_high"] = bootstrap_interval(x, confidence)
     return out
 
@@ -133,16 +141,18 @@ def pair(values: Mapping, baseline: Mapping) -> tuple[np.ndarray, np.ndarray, li
 def paired_comparison(x: Iterable[float], y: Iterable[float], confidence: float = CONFIDENCE) -> dict:
     """Paired comparison of x against the baseline y (already aligned by seed).
 
-    Returns n_paired, mean_diff (x - y), d_z, p_ttest, p_wilcoxon, ratio_mean and its t interval
-    (ratio = x / y per seed) and a note. Pairs with a non-finite side are dropped.
+    Returns n_paired, mean_diff (x - y) and its t interval (diff_ci_low/high), d_z, p_ttest,
+    p_wilcoxon (only from MIN_SEEDS_FOR_RANKS pairs), ratio_mean and its t interval (ratio = x / y
+    per seed), ratio_std (ddof=1) and a note. Pairs with a non-finite side are dropped.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     n = int(x.size)
-    out = {"n_paired": n, "mean_diff": NAN, "d_z": NAN, "p_ttest": NAN, "p_wilcoxon": NAN,
-           "ratio_mean": NAN, "ratio_ci_low": NAN, "ratio_ci_high": NAN, "note": ""}
+    out = {"n_paired": n, "mean_diff": NAN, "diff_ci_low": NAN, "diff_ci_high": NAN, "d_z": NAN,
+           "p_ttest": NAN, "p_wilcoxon": NAN, "ratio_mean": NAN, "ratio_ci_low": NAN,
+           "ratio_ci_high": NAN, "ratio_std": NAN, "note": ""}
     if n == 0:
         out["note"] = "no paired seeds"
         return out
@@ -153,6 +163,9 @@ def paired_comparison(x: Iterable[float], y: Iterable[float], confidence: float 
     if ratio.size:
         out["ratio_mean"] = float(ratio.mean())
         out["ratio_ci_low"], out["ratio_ci_high"] = t_interval(ratio, confidence)
+        if ratio.size > 1:
+            out["ratio_std"] = float(ratio.std(ddof=1))
+    out["diff_ci_low"], out["diff_ci_high"] = t_interval(diff, confidence)
     if n < 2:
         out["note"] = "1 paired seed: no tests"
         return out
@@ -163,7 +176,9 @@ def paired_comparison(x: Iterable[float], y: Iterable[float], confidence: float 
         out["p_ttest"] = float(sps.ttest_rel(x, y).pvalue)
     else:
         notes.append("zero variance of differences: no t-test")
-    if np.all(diff == 0):
+    if n < MIN_SEEDS_FOR_RANKS:
+        notes.append(f"{n} paired seeds: no Wilcoxon")
+    elif np.all(diff == 0):
         notes.append("all differences zero: no Wilcoxon")
     else:
         with warnings.catch_warnings():
@@ -171,6 +186,40 @@ def paired_comparison(x: Iterable[float], y: Iterable[float], confidence: float 
             out["p_wilcoxon"] = float(sps.wilcoxon(x, y).pvalue)
     out["note"] = "; ".join(notes)
     return out
+
+
+def paired_t_power(n: int, effect_size: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test with ``n`` pairs at standardised effect ``effect_size``
+    (mean difference / its standard deviation), from the noncentral t distribution."""
+    if n < 2 or not np.isfinite(effect_size):
+        return NAN
+    df = n - 1
+    crit = sps.t.ppf(1.0 - alpha / 2.0, df)
+    nc = abs(effect_size) * np.sqrt(n)
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+
+
+def seeds_needed(std: float, effect: float = 0.02, power: float = 0.8, alpha: float = 0.05,
+                 limit: int = 1_000_000) -> float:
+    """The fewest paired seeds for which a paired t-test detects a mean difference ``effect``
+    with ``power``, when the differences' standard deviation is ``std``.
+
+    For ratios to the baseline, pass the std of the per-seed ratios and effect=0.02 (a 2%
+    ratio). Starts at the normal approximation and walks to the exact noncentral-t answer.
+    NaN when ``std`` is not a positive finite number; ``limit`` caps the answer (returned as inf).
+    """
+    if not (np.isfinite(std) and std > 0 and effect != 0):
+        return NAN
+    d = abs(effect) / std
+    z = sps.norm.ppf(1.0 - alpha / 2.0) + sps.norm.ppf(power)
+    n = max(2, int(np.ceil((z / d) ** 2)))
+    if n > limit:
+        return float("inf")
+    while paired_t_power(n, d, alpha) < power:
+        n += 1
+    while n > 2 and paired_t_power(n - 1, d, alpha) >= power:
+        n -= 1
+    return float(n)
 
 
 def holm(pvalues: Iterable[float]) -> np.ndarray:

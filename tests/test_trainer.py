@@ -42,8 +42,11 @@ def test_outputs_have_the_documented_columns(trained):
     row = trial.iloc[0]
     assert row.status == "completed" and row["locality.peak"] == 1.0 and row["model.n_layer"] == 3
     assert row.eval_ppl == pytest.approx(math.exp(row.eval_loss))
-    for col in ("train_tokens", "tokens_per_s", "wall_s", "peak_mem_mb", "version.torch", "version.transformers"):
-        assert col in trial.columns and pd.notna(row[col])
+    for col in ("train_tokens", "tokens_per_s", "wall_s", "peak_mem_mb", "version.torch", "version.transformers",
+                "n_params", "eval_loss_pos1", "eval_loss_pos2_4", "eval_loss_pos5p"):
+        assert col in trial.columns and pd.notna(row[col]), col
+    # a GPT-2 of the TINY shape (3 x 64, vocab 1024, 64 positions, tied embeddings)
+    assert row.n_params == 1024 * 64 + 64 * 64 + 3 * (12 * 64 * 64 + 13 * 64) + 2 * 64
     assert row.train_tokens == 20 * 4 * 64
     att = pd.read_parquet(out / "attention.parquet")
     assert set(att.layer) == {0, 2} and (att.key <= att["query"]).all()
@@ -109,6 +112,48 @@ def test_penalty_and_window_trials_run(tiny_config, tmp_path):
         assert res.status == "completed" and math.isfinite(res.eval_loss)
     window = layers(tmp_path / "window")
     assert window.loc[2, "in_block_mass"] > 0.999
+
+
+def test_position_losses_match_a_direct_recomputation(tiny_config, tmp_path):
+    """eval_loss_pos* recomputed here from the model's logits (one forward over every held-out
+    sequence) and block ids walked token by token, for semantic blocks and the window band."""
+    import numpy as np
+    import torch
+
+    for name, loc in {"semantic": {"peak": 1.0, "power": 5}, "window": {"peak": 1.0, "partition": "window",
+                                                                       "window": 6}}.items():
+        cfg = tiny_config(locality=loc, train={"steps": 3, "batch_size": 5})  # 16 sequences: a short last batch
+        tr = Trainer(cfg, str(tmp_path / name), name, log=lambda *_: None)
+        for _ in range(3):
+            tr.train_step()
+            tr.step += 1
+        loss = tr.evaluate()
+        n = cfg.data.eval_sequences
+        seqs = torch.from_numpy(np.asarray(tr.data.eval[:n], dtype=np.int64))
+        blocks = tr.data.blocks("eval", cfg.locality)[:n]
+        tr.model.eval()
+        with torch.no_grad():
+            logits = tr.model(input_ids=seqs[:, :-1], locality=tr._context(torch.from_numpy(blocks))).logits
+        nll = -torch.log_softmax(logits.double(), -1).gather(-1, seqs[:, 1:, None])[..., 0].numpy()
+        sums = {"eval_loss_pos1": [0.0, 0], "eval_loss_pos2_4": [0.0, 0], "eval_loss_pos5p": [0.0, 0]}
+        for b in range(n):
+            for i in range(nll.shape[1]):
+                if name == "window":
+                    pos = min(i, 6 - 1)
+                else:
+                    j = i
+                    while j > 0 and blocks[b, j - 1] == blocks[b, i]:
+                        j -= 1
+                    pos = i - j
+                key = "eval_loss_pos1" if pos == 0 else "eval_loss_pos2_4" if pos <= 3 else "eval_loss_pos5p"
+                sums[key][0] += nll[b, i]
+                sums[key][1] += 1
+        assert all(c > 0 for _, c in sums.values())
+        for key, (total, count) in sums.items():
+            assert tr.eval_positions[key] == pytest.approx(total / count, rel=1e-5), (name, key)
+        assert loss == pytest.approx(nll.mean(), rel=1e-5)
+        if name == "window":  # only the first token of each sequence has no earlier key in its band
+            assert sums["eval_loss_pos1"][1] == n
 
 
 def test_local_pretrained_model_and_its_tokenizer(tiny_config, tmp_path):
