@@ -116,7 +116,11 @@ def build_results(sweep_uri: str, steps: int = 1_000_000, layers: int = 200_000,
         "locality.schedule": pa.array(["uniform" if t["power"] == 0 else "polynomial" for t in trials]),
         "locality.power": pa.array([t["power"] for t in trials], pa.float64()),
         "model.n_layer": pa.array([n_layer] * len(trials), pa.int64()),
+        "n_params": pa.array([124_439_808] * len(trials), pa.int64()),  # GPT-2 small scale
         "train_tokens": pa.array([1_000_000] * len(trials), pa.int64()),
+        # held-out loss by position in the block: locality costs most at positions 2-4
+        **{m: pa.array([t["eval_loss"] + shift * math.log(t["ratio"]) for t in trials], pa.float64())
+           for m, shift in (("eval_loss_pos1", 0.3), ("eval_loss_pos2_4", 0.6), ("eval_loss_pos5p", -0.2))},
         "tokens_per_s": rng.uniform(2e4, 3e4, len(trials)),
         "wall_s": rng.uniform(100, 200, len(trials)),
         "peak_mem_mb": rng.uniform(900, 1100, len(trials)),

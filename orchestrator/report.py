@@ -3,6 +3,12 @@
 Built by ``orchestrator.aggregate.aggregate`` from the summary tables it has just computed; every
 section says so when it has no data instead of failing, so small sweeps (one seed, one
 schedule, no comparators) still get a report.
+
+It opens with what was run (``orchestrator.provenance``) and the scale gap to GPT-2 small; the
+paper's headline figures appear only beside that statement and only when the run is not far
+smaller (``provenance.COMPARABLE_FRACTION``). Figures are drawn at their display size (PNG at 100
+dpi, at most 10.5 inches wide, so 1:1 in the 1100 px page) with no text under 9 pt; ratio colour
+maps are centred on 1.0 with a symmetric range of at least +-5% (``ratio_norm``).
 """
 
 from __future__ import annotations
@@ -17,17 +23,24 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from localist import io as lio  # noqa: E402
-from orchestrator.aggregate import KEYS, _fmt, _fmt_p, _null, headline_rows, label, schedule_order  # noqa: E402
+from orchestrator import provenance as prov_mod  # noqa: E402
+from orchestrator.aggregate import (KEYS, POSITION_METRICS, REPORT_FILES, _fmt, _fmt_p, _null,  # noqa: E402
+                                    headline_rows, label, schedule_order)
 
 # The paper's v1 abstract (Diederich 2025, arXiv 2511.18375): shown beside ours, never computed.
 PAPER_V1 = {"quintic_ppl": 14.64, "quintic_ratio": 1.89, "uniform_ratio": 6.6}
-FIGURES = ("ratio_heatmap.png", "ratio_by_peak.png", "layers.png", "curves.png", "attention.png")
+FIGURES = tuple(f for f in REPORT_FILES if f.endswith(".png"))
+MIN_RATIO_HALF_RANGE = 0.05  # ratio colour maps span at least 0.95-1.05
+FONTS = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
+         "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 11}
+POSITION_LABELS = {"eval_loss_pos1": "first token of its block", "eval_loss_pos2_4": "positions 2-4",
+                   "eval_loss_pos5p": "positions 5+"}
 UNIFORM_STRICT = "uniform-strict"
 QUINTIC = "quintic"
 CSS = """
@@ -38,6 +51,9 @@ th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.base td{background:#f7f7ff}
 .paper{background:#fff8e6}.muted{color:#666;font-size:.9em}img{max-width:100%;display:block;margin:.5em 0}
 .nodata{color:#a33;font-style:italic}
+.scroll{overflow-x:auto;max-width:100%}.scale{background:#fff3f3;border-left:4px solid #c66;padding:.4em .8em}
+dl.prov{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;font-size:.92em}
+dl.prov dt{font-weight:600}dl.prov dd{margin:0;overflow-wrap:anywhere}
 """
 
 
@@ -54,6 +70,7 @@ class ReportInput:
     attention: pd.DataFrame | None = None
     attention_picks: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)
+    provenance: dict | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +180,15 @@ def _band(ax, x, part: pd.DataFrame, style: dict, name: str) -> None:
         ax.fill_between(np.asarray(x)[ok], low[ok], high[ok], color=style.get("color"), alpha=0.18, lw=0)
 
 
+def ratio_norm(values) -> TwoSlopeNorm:
+    """Diverging colour scale centred on a ratio of 1.0, symmetric, spanning at least +-5%
+    (wider when the data are), and never below 0."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    half = max(MIN_RATIO_HALF_RANGE, float(np.abs(v - 1.0).max()) if v.size else 0.0)
+    return TwoSlopeNorm(vcenter=1.0, vmin=max(1.0 - half, 0.0), vmax=1.0 + half)
+
+
 def fig_ratio_heatmap(data: ReportInput):
     rows = data.cell_stats[(data.cell_stats["metric"] == "eval_ppl") & data.cell_stats["comparator"].isna()]
     if rows.empty or not np.isfinite(rows["ratio_mean"].to_numpy(dtype=float)).any():
@@ -178,22 +204,33 @@ def fig_ratio_heatmap(data: ReportInput):
         value = 1.0 if r.is_baseline else r.ratio_mean
         grid[i, j] = value
         single = _null(r.n_paired) or int(r.n_paired) < 2
-        text[i][j] = "base" if r.is_baseline else _fmt(value) + ("\nn<2" if single else "")
-    fig, ax = plt.subplots(figsize=(1.3 * len(scheds) + 2.5, 0.55 * len(configs) + 1.8))
-    im = ax.imshow(grid, cmap="magma_r", aspect="auto", vmin=min(1.0, np.nanmin(grid)))
+        text[i][j] = "base" if r.is_baseline else _fmt(value, 3) + ("\nn<2" if single else "")
+    norm = ratio_norm(grid)
+    fig, ax = plt.subplots(figsize=(min(1.4 * len(scheds) + 3.0, 10.5), 0.6 * len(configs) + 2.0))
+    im = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
+    half = norm.vmax - 1.0
     for i in range(len(configs)):
         for j in range(len(scheds)):
             if text[i][j]:
-                dark = np.isfinite(grid[i, j]) and grid[i, j] > np.nanmin(grid) + 0.6 * (np.nanmax(grid) - np.nanmin(grid))
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8,
+                dark = np.isfinite(grid[i, j]) and abs(grid[i, j] - 1.0) > 0.6 * half
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=9,
                         color="white" if dark else "black")
     ax.set_xticks(range(len(scheds)), scheds)
     ax.set_yticks(range(len(configs)), configs)
     ax.set_xlabel("schedule")
     ax.set_ylabel("configuration")
     ax.set_title("eval perplexity / baseline of the same seed (mean over seeds)")
-    fig.colorbar(im, ax=ax, label="perplexity ratio")
+    fig.colorbar(im, ax=ax, label="perplexity ratio (1 = baseline; red = worse)")
     return fig
+
+
+def _symmetric_ylim(ax, values, floor: float = 0.02) -> None:
+    """y limits centred on 1.0 that hold every finite value (at least +-floor)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    half = max(floor, float(np.abs(v - 1.0).max()) if v.size else 0.0) * 1.15
+    ax.set_ylim(max(1.0 - half, 0.0), 1.0 + half)
+    ax.axhline(1.0, color="0.4", lw=0.8)
 
 
 def fig_ratio_by_peak(data: ReportInput):
@@ -206,41 +243,80 @@ def fig_ratio_by_peak(data: ReportInput):
     peaks = grid.groupby("configuration", sort=False)["peak"].first()
     use_peak = np.isfinite(peaks.to_numpy(dtype=float)).all() and peaks.is_unique
     xpos = {c: (float(peaks[c]) if use_peak else i) for i, c in enumerate(configs)}
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     cmap = plt.get_cmap("viridis")
     scheds = schedule_order(grid["schedule"].unique())
+    shown = [1.0]
     for k, s in enumerate(scheds):
         part = grid[grid["schedule"] == s]
         x = [xpos[c] for c in part["configuration"]]
         y = np.where(part["is_baseline"], 1.0, part["ratio_mean"].astype(float))
         lo = np.where(part["is_baseline"], 1.0, part["ratio_ci_low"].astype(float))
         hi = np.where(part["is_baseline"], 1.0, part["ratio_ci_high"].astype(float))
+        shown += [*y, *lo, *hi]
         err = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=cmap(k / max(len(scheds) - 1, 1) * 0.9), label=s)
     for i, r in enumerate(comps.itertuples(index=False)):
         if np.isfinite(r.ratio_mean):
+            shown.append(r.ratio_mean)
             ax.axhline(r.ratio_mean, color=plt.get_cmap("tab10")(3 + i), ls="--", lw=1.2,
-                       label=f"ours: {r.comparator} {r.ratio_mean:.2f}x")
-    ax.axhline(PAPER_V1["quintic_ratio"], color="0.5", ls=":", lw=1.2,
-               label=f"paper v1: quintic {PAPER_V1['quintic_ratio']}x")
-    ax.axhline(PAPER_V1["uniform_ratio"], color="0.3", ls=":", lw=1.2,
-               label=f"paper v1: uniform localist {PAPER_V1['uniform_ratio']}x")
-    ax.set_yscale("log")
-    ax.set_ylabel("perplexity ratio to baseline (log)")
+                       label=f"ours: {r.comparator} {r.ratio_mean:.3f}x")
+    _symmetric_ylim(ax, shown)
+    if _scale(data)["comparable"]:  # the paper's figures as a note, never as the axis
+        ax.text(0.01, 0.98, f"paper v1 (GPT-2 small): quintic {PAPER_V1['quintic_ratio']}x, "
+                f"uniform localist {PAPER_V1['uniform_ratio']}x", transform=ax.transAxes, va="top",
+                fontsize=9, color="0.3", bbox={"facecolor": "#fff8e6", "edgecolor": "0.7"})
+    ax.set_ylabel("perplexity ratio to baseline")
     if use_peak:
         ax.set_xlabel("peak locality lambda_max")
     else:
         ax.set_xticks(range(len(configs)), configs)
         ax.set_xlabel("configuration")
     ax.set_title("perplexity ratio (mean, 95% t CI over paired seeds)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def fig_positions(data: ReportInput):
+    """Held-out perplexity ratio by the query token's position in its block: exp of the mean
+    paired loss difference to the baseline, with its 95% t CI, per schedule and comparator."""
+    rows = data.cell_stats[data.cell_stats["metric"].isin(POSITION_METRICS) & ~data.cell_stats["is_baseline"]]
+    if rows.empty or not np.isfinite(rows["mean_diff"].to_numpy(dtype=float)).any():
+        return None
+    metrics = [m for m in POSITION_METRICS if m in set(rows["metric"])]
+    specs = [s for s in _line_specs(data.cells, data.baseline) if s["key"][0] != data.baseline]
+    base = data.cell_stats[data.cell_stats["metric"].isin(metrics) & data.cell_stats["is_baseline"]]
+    base_loss = base.groupby("metric")["mean"].first()
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    width = 0.8 / max(len(specs), 1)
+    shown = [1.0]
+    for k, spec in enumerate(specs):
+        part = rows[_select(rows, spec["key"])].set_index("metric").reindex(metrics)
+        y = np.exp(part["mean_diff"].to_numpy(dtype=float))
+        lo, hi = np.exp(part["diff_ci_low"].to_numpy(dtype=float)), np.exp(part["diff_ci_high"].to_numpy(dtype=float))
+        if not np.isfinite(y).any():
+            continue
+        shown += [*y, *lo, *hi]
+        x = np.arange(len(metrics)) + (k - (len(specs) - 1) / 2) * width
+        err = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
+        ax.errorbar(x, y, yerr=err, marker="o", ls="none", capsize=3, color=spec["style"]["color"],
+                    label=spec["label"])
+    _symmetric_ylim(ax, shown)
+    ax.set_xticks(range(len(metrics)), [f"{POSITION_LABELS[m]}\n(baseline {_fmt(base_loss.get(m, np.nan))} nats)"
+                                        for m in metrics])
+    ax.set_xlabel("position of the predicting token in its block")
+    ax.set_ylabel("held-out perplexity ratio to baseline")
+    ax.set_title("where locality costs: loss by position in the block (exp of mean paired difference, 95% t CI)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
 def _spec_panels(df: pd.DataFrame, specs: list[dict], panels: list[tuple], x: str, title: str):
     """One panel per (filter dict, y label, log y); a line with a CI band per spec."""
     drawn = False
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(4.6 * len(panels), 10.5), 3.9), squeeze=False)
     for ax, (where, ylabel, logy) in zip(axes[0], panels):
         sub = df
         for col, value in where.items():
@@ -260,7 +336,7 @@ def _spec_panels(df: pd.DataFrame, specs: list[dict], panels: list[tuple], x: st
     if not drawn:
         plt.close(fig)
         return None
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend()
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -302,28 +378,28 @@ def fig_attention(data: ReportInput):
         return None
     layers = sorted(set().union(*(set(r["layer"]) for _, r in shown)))
     layers = [layers[0], layers[-1]] if len(layers) > 1 else layers
-    fig, axes = plt.subplots(len(shown), len(layers), figsize=(4.4 * len(layers), 4.0 * len(shown)), squeeze=False)
+    fig, axes = plt.subplots(len(shown), len(layers), figsize=(4.6 * len(layers), 4.2 * len(shown)), squeeze=False)
     for i, (pick, rows) in enumerate(shown):
         for j, layer in enumerate(layers):
             ax = axes[i][j]
             part = rows[rows["layer"] == layer]
             if part.empty:
                 ax.set_axis_off()
-                ax.set_title(f"{pick['label']}\nlayer {layer}: no data", fontsize=8)
+                ax.set_title(f"{pick['label']}\nlayer {layer}: no data")
                 continue
             n = int(max(part["query"].max(), part["key"].max())) + 1
             mat = np.full((n, n), np.nan)
             mat[part["query"].to_numpy(dtype=int), part["key"].to_numpy(dtype=int)] = part["weight"].to_numpy(dtype=float)
             ax.imshow(np.ma.masked_invalid(mat), cmap="Blues", interpolation="nearest",
                       norm=PowerNorm(0.4, vmin=0.0, vmax=max(float(np.nanmax(mat)), 1e-12)))
-            if "token" in part and n <= 40:
+            if "token" in part and n <= 24:  # token labels only where 9 pt fits
                 tokens = part.drop_duplicates("key").set_index("key")["token"]
                 ticks = [str(tokens.get(k, "")).replace("\n", "\\n")[:10] for k in range(n)]
-                ax.set_xticks(range(n), ticks, rotation=90, fontsize=6)
-                ax.set_yticks(range(n), ticks, fontsize=6)
+                ax.set_xticks(range(n), ticks, rotation=90)
+                ax.set_yticks(range(n), ticks)
             ax.set_xlabel("key")
             ax.set_ylabel("query")
-            ax.set_title(f"{pick['label']}\nlayer {layer}", fontsize=9)
+            ax.set_title(f"{pick['label']}\nlayer {layer}")
     fig.suptitle("attention on one sample passage (mean over heads)")
     fig.tight_layout()
     return fig
@@ -335,11 +411,11 @@ def fig_attention(data: ReportInput):
 
 def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None, left: int = 1) -> str:
     cls = lambda i: ' class="l"' if i < left else ""  # noqa: E731
-    out = ["<table><tr>" + "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(header)) + "</tr>"]
+    out = ['<div class="scroll"><table><tr>' + "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(header)) + "</tr>"]
     for k, row in enumerate(rows):
         rc = f' class="{classes[k]}"' if classes and classes[k] else ""
         out.append(f"<tr{rc}>" + "".join(f"<td{cls(i)}>{html.escape(str(v))}</td>" for i, v in enumerate(row)) + "</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "\n".join(out)
 
 
@@ -359,7 +435,31 @@ def _headline_table(data: ReportInput) -> str:
         classes.append("base" if r.is_baseline else "")
     header = ["cell", "peak", "seeds", "eval ppl", "95% t CI", "bootstrap CI", "ratio", "ratio 95% CI",
               "p (t)", "p (t, Holm)", "p (Wilcoxon)", "d_z", "note"]
-    return _table(header, body, classes)
+    return _table(header, body, classes) + _seeds_line(rows)
+
+
+def _seeds_line(rows: pd.DataFrame) -> str:
+    """One line on what the seed count can show: a warning under 3 paired seeds and the seeds
+    a paired t-test would need to detect a 2% ratio at 80% power (median over cells)."""
+    from orchestrator.stats import MIN_SEEDS_FOR_RANKS
+
+    comp = rows[~rows["is_baseline"]]
+    if comp.empty:
+        return ""
+    paired = int(comp["n_paired"].fillna(0).max())
+    need = comp["seeds_2pct"].astype(float)
+    need = need[np.isfinite(need)]
+    parts = []
+    if paired < MIN_SEEDS_FOR_RANKS:
+        parts.append(f"<b>Only {paired} paired seed(s)</b>: no bootstrap interval or Wilcoxon test is given, "
+                     "and t intervals, p-values and d_z this few seeds are fragile; read them as a sketch.")
+    if len(need):
+        parts.append(f"From the observed spread of the per-seed ratios (median over cells), about "
+                     f"<b>{np.median(need):.0f} paired seeds</b> would detect a 2% ratio at 80% power "
+                     "(two-sided paired t-test, alpha 0.05).")
+    elif paired < 2:
+        parts.append("With one seed the spread is unknown, so the seeds needed cannot be estimated.")
+    return '<p class="muted">' + " ".join(parts) + "</p>" if parts else ""
 
 
 def _paper_table(data: ReportInput) -> str:
@@ -388,6 +488,48 @@ def _paper_table(data: ReportInput) -> str:
                   ["paper", "paper"]) + note
 
 
+def _scale(data: ReportInput) -> dict:
+    if data.provenance is None:
+        return {"comparable": False, "statement": "Scale: no provenance record, so the scale gap to the "
+                "paper's GPT-2 small is unknown; the paper's figures are left out."}
+    return prov_mod.scale_gap(data.provenance)
+
+
+def _join(v) -> str:
+    if v is None or v == "":
+        return "not recorded"
+    return ", ".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+
+def _provenance_section(data: ReportInput) -> str:
+    p = data.provenance
+    if p is None:
+        return '<p class="nodata">No provenance record.</p>'
+    m, d, t, n = p["model"], p["data"], p["train"], p["trials"]
+    shape = (f"{_join(m['name'])}: {_join(m['n_layer'])} layers x {_join(m['n_embd'])} hidden, "
+             f"{_join(m['n_head'])} heads")
+    params = f"{m['n_params']:,}" if m["n_params"] else "not recorded"
+    wall = p["wall_s"]
+    items = [
+        ("sweep", f"{p['sweep']} ({p['sweep_uri']})"), ("description", p["description"] or "none given"),
+        ("model", shape), ("parameters", params),
+        ("corpus", f"{_join(d['corpus'])} (first {_join(d['max_chars'])} characters; vocabulary {_join(d['vocab_size'])})"),
+        ("tokens", f"{t['tokens_per_trial']:,} training tokens per trial" if t["tokens_per_trial"] else "not recorded"),
+        ("training", f"{_join(t['steps'])} steps, batch {_join(t['batch_size'])} x {_join(t['grad_accum'])} "
+                     f"accumulation, seq_len {_join(d['seq_len'])}"),
+        ("seeds", _join(p["seeds"])),
+        ("trials", f"{n['rows']} cell x seed rows run as {n['runs']} trials ({n['deduplicated']} deduplicated "
+                   f"onto a shared run); {n['excluded']} excluded"),
+        ("versions", ", ".join(f"{k} {_join(v)}" for k, v in p["versions"].items())),
+        ("code", p["git_commit"] or "no git commit available"),
+        ("hardware", f"{_join(p['devices'])} on {_join(p['hosts'])}"),
+        ("wall time", f"{wall['total']:,.0f} s over all trials, longest trial {wall['longest_trial']:,.0f} s"
+                      if wall["total"] is not None else "not recorded"),
+    ]
+    body = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
+    return f'<dl class="prov">{body}</dl><p class="muted">Also summary/provenance.json.</p>'
+
+
 def _excluded_section(data: ReportInput) -> str:
     ex = data.excluded
     total = len(data.trials)
@@ -408,15 +550,22 @@ def _excluded_section(data: ReportInput) -> str:
 
 def _all_cells_table(data: ReportInput) -> str:
     cols = ["n_seeds", "mean", "std", "sem", "ci_low", "ci_high", "boot_low", "boot_high", "mean_diff",
-            "ratio_mean", "ratio_ci_low", "ratio_ci_high", "p_ttest", "p_wilcoxon", "p_holm", "d_z"]
+            "ratio_mean", "ratio_ci_low", "ratio_ci_high", "p_ttest", "p_wilcoxon", "p_holm", "d_z", "seeds_2pct"]
     rows = []
     for r in data.cell_stats.to_dict("records"):
         vals = [label(r["configuration"], r["schedule"], r["comparator"]), r["metric"]]
         for c in cols:
             v = r[c]
-            vals.append(str(v) if c == "n_seeds" else (_fmt_p(v) if c.startswith("p_") else _fmt(v, 4)))
+            vals.append(str(v) if c == "n_seeds" else (_fmt_p(v) if c.startswith("p_") else
+                                                       _fmt(v, 0 if c == "seeds_2pct" else 4)))
         rows.append(vals + [r["note"]])
     return _table(["cell", "metric", *cols, "note"], rows, left=2)
+
+
+def _paper_section(data: ReportInput) -> str:
+    scale = _scale(data)
+    statement = f'<p class="scale">{html.escape(scale["statement"])}</p>'
+    return statement + (_paper_table(data) if scale["comparable"] else "")
 
 
 def _figure_html(name: str, png: bytes | None, caption: str, missing: str) -> str:
@@ -430,10 +579,14 @@ def _figure_html(name: str, png: bytes | None, caption: str, missing: str) -> st
 def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
     """The HTML text and the PNG figures by file name (absent figures are left out)."""
     pngs: dict[str, bytes] = {}
-    for name, make in zip(FIGURES, (fig_ratio_heatmap, fig_ratio_by_peak, fig_layers, fig_curves, fig_attention)):
-        fig = make(data)
-        if fig is not None:
-            pngs[name] = _png(fig)
+    makers = {"ratio_heatmap.png": fig_ratio_heatmap, "ratio_by_peak.png": fig_ratio_by_peak,
+              "positions.png": fig_positions, "layers.png": fig_layers, "curves.png": fig_curves,
+              "attention.png": fig_attention}
+    with plt.rc_context(FONTS):
+        for name in FIGURES:
+            fig = makers[name](data)
+            if fig is not None:
+                pngs[name] = _png(fig)
     notes = data.notes
     focus = focus_configuration(data.cells, data.baseline)
     sweep = html.escape(str(data.sweep_uri))
@@ -445,10 +598,12 @@ def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
         "ratio = eval perplexity / baseline of the same seed; paired t-test and Wilcoxon signed-rank "
         "on the seeds both sides have, Holm-adjusted across all comparisons of a metric; "
         "d_z = mean difference / its standard deviation. With a handful of seeds the bootstrap "
-        "interval is too narrow; read the t interval first.</p>",
+        "interval is too narrow; read the t interval first. Under 3 paired seeds there is no "
+        "bootstrap interval and no Wilcoxon test.</p>",
+        "<h2>What was run</h2>", _provenance_section(data),
+        "<h3>Scale and the paper's headline</h3>", _paper_section(data),
         *([f"<h2>Search</h2><p>{html.escape(notes['search'])}</p>"] if notes.get("search") else []),
         "<h2>Headline: eval perplexity</h2>", _headline_table(data),
-        "<h3>The paper's headline beside ours</h3>", _paper_table(data),
         "<h2>Perplexity ratio to the baseline</h2>",
         _figure_html("ratio_heatmap.png", pngs.get("ratio_heatmap.png"),
                      "Mean ratio over seeds per configuration and schedule; 'base' is the baseline.",
@@ -457,6 +612,13 @@ def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
                      "Ratio against peak locality per schedule with 95% t CIs; our comparators dashed, "
                      "the paper's v1 figures dotted and labelled as the paper's.",
                      "no completed comparison with the baseline"),
+        "<h2>Where locality costs: held-out loss by position in the block</h2>",
+        _figure_html("positions.png", pngs.get("positions.png"),
+                     "Perplexity ratio to the baseline of the same seed for tokens predicted at the first "
+                     "position of their block, positions 2-4 and 5+ (window partitioner: by the number of "
+                     "earlier keys in the band); exp of the mean paired loss difference with its 95% t CI. "
+                     "At small scale the mean hides the cost of locality, which sits at block starts.",
+                     "no per-position eval losses in trials.parquet (trials from before they were recorded)"),
         f"<h2>Per-layer attention ({html.escape(str(focus))} against the baseline)</h2>",
         _figure_html("layers.png", pngs.get("layers.png"),
                      "Lambda, attention entropy and in-block mass against depth at each trial's last "
@@ -472,7 +634,7 @@ def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
                      notes.get("attention", "no attention sample for the picked trials")),
         "<h2>Diverged, errored and missing trials</h2>", _excluded_section(data),
         "<h2>All cell statistics</h2>",
-        "<details><summary>eval_ppl and eval_loss, every cell (also summary/cells.parquet)</summary>"
+        "<details><summary>every metric, every cell (also summary/cells.parquet)</summary>"
         + _all_cells_table(data) + "</details>",
     ]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -485,7 +647,7 @@ def write_report(summary_uri: str, data: ReportInput) -> str:
     """Write report.html and its PNGs under ``summary_uri``; stale PNGs are removed. Returns the URI."""
     page, pngs = render(data)
     for name in FIGURES:
-        uri = lio.join(summary_uri, name)
+        uri = lio.join(summary_uri, name)  # a figure without data now must not survive from an older run
         if name in pngs:
             lio.write_bytes(uri, pngs[name])
         elif lio.exists(uri):

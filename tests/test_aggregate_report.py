@@ -130,15 +130,20 @@ def expected_rows(rows: list[dict], metric: str) -> list[dict]:
         t_lo, t_hi = sps.t.interval(0.95, len(vals) - 1, loc=vals.mean(), scale=sps.sem(vals))
         boot = sps.bootstrap((vals,), np.mean, method="BCa", n_resamples=stats.N_RESAMPLES,
                              rng=np.random.default_rng(stats.BOOTSTRAP_SEED)).confidence_interval
+        if len(vals) < 3:  # too few seeds for a bootstrap interval
+            boot = boot._replace(low=np.nan, high=np.nan)
         ratio = x / y
         r_lo, r_hi = sps.t.interval(0.95, len(ratio) - 1, loc=ratio.mean(), scale=sps.sem(ratio))
         d = x - y
+        d_lo, d_hi = sps.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=sps.sem(d))
         out.append({"key": (conf, sched, comp), "n_seeds": len(vals), "mean": vals.mean(),
                     "std": vals.std(ddof=1), "sem": sps.sem(vals), "ci_low": t_lo, "ci_high": t_hi,
                     "boot_low": boot.low, "boot_high": boot.high, "n_paired": len(common),
-                    "mean_diff": d.mean(), "ratio_mean": ratio.mean(), "ratio_ci_low": r_lo,
-                    "ratio_ci_high": r_hi, "p_ttest": sps.ttest_rel(x, y).pvalue,
-                    "p_wilcoxon": sps.wilcoxon(x, y).pvalue, "d_z": d.mean() / d.std(ddof=1)})
+                    "mean_diff": d.mean(), "diff_ci_low": d_lo, "diff_ci_high": d_hi,
+                    "ratio_mean": ratio.mean(), "ratio_ci_low": r_lo, "ratio_ci_high": r_hi,
+                    "ratio_std": ratio.std(ddof=1), "p_ttest": sps.ttest_rel(x, y).pvalue,
+                    "p_wilcoxon": sps.wilcoxon(x, y).pvalue if len(common) >= 3 else np.nan,
+                    "d_z": d.mean() / d.std(ddof=1)})
     for e, p in zip(out, stats.holm([e["p_ttest"] for e in out])):
         e["p_holm"] = p
     for e, p in zip(out, stats.holm([e["p_wilcoxon"] for e in out])):
@@ -330,8 +335,8 @@ def test_full_report(tmp_path):
     assert out["report"] == str(summary / "report.html")
     page = parse(out["report"])
     figures = [alt for alt, src in page.images if src.startswith(PNG)]
-    assert sorted(figures) == sorted(["ratio_heatmap.png", "ratio_by_peak.png", "layers.png", "curves.png",
-                                      "attention.png"])
+    assert sorted(figures) == sorted(["ratio_heatmap.png", "ratio_by_peak.png", "positions.png", "layers.png",
+                                      "curves.png", "attention.png"])
     for alt, src in page.images:
         assert (summary / alt).read_bytes() == base64.b64decode(src[len(PNG):])
     text = " ".join(page.text)
@@ -364,7 +369,7 @@ def test_small_sweep_single_seed_no_comparators(tmp_path):
     r = row(cells, "peak-1", "quintic", None)
     assert r["ratio_mean"] > 1 and r["n_paired"] == 1 and "no tests" in r["note"]
     page = parse(out["report"])
-    assert len([1 for _, src in page.images if src.startswith(PNG)]) == 5
+    assert len([1 for _, src in page.images if src.startswith(PNG)]) == 6
     assert "no CI" in " ".join(page.text)
     assert out["excluded"].empty
 
@@ -381,8 +386,9 @@ def test_report_without_optional_tables_and_stale_pngs(tmp_path):
     images = sorted(alt for alt, src in page.images if src.startswith(PNG))
     assert images == ["ratio_by_peak.png", "ratio_heatmap.png"]
     text = " ".join(page.text)
-    assert text.count("No data for this figure") == 3
+    assert text.count("No data for this figure") == 4  # layers, curves, attention, positions
     assert "steps.parquet is absent" in text and "attention.parquet is absent" in text
+    assert "no per-position eval losses" in text
     assert not stale.exists()
     assert out["layers"].empty and out["curves"].empty
 
@@ -391,3 +397,97 @@ def test_benchmark_quick(capsys):
     elapsed = load_benchmark().main(["--quick"])
     printed = capsys.readouterr().out
     assert elapsed > 0 and "rows/s" in printed and "aggregate without figures" in printed
+
+
+def test_ratio_colour_map_is_centred_and_symmetric(known):
+    """The heatmap's own norm: white at 1.0, symmetric, at least +-5% even when the data span less."""
+    from orchestrator import report as rep
+
+    assert (rep.ratio_norm([0.997, 1.001]).vmin, rep.ratio_norm([0.997, 1.001]).vmax) == (
+        pytest.approx(0.95), pytest.approx(1.05))
+    wide = rep.ratio_norm([0.9, 1.2, np.nan])
+    assert (wide.vcenter, wide.vmin, wide.vmax) == (1.0, pytest.approx(0.8), pytest.approx(1.2))
+    root, _, _, cells = known
+    data = rep.ReportInput(sweep_uri=root, baseline="peak-0", trials=pd.DataFrame(), cells=pd.DataFrame(),
+                           cell_stats=cells, layers=pd.DataFrame(), curves=pd.DataFrame(),
+                           excluded=pd.DataFrame())
+    fig = rep.fig_ratio_heatmap(data)
+    norm = fig.axes[0].images[0].norm
+    ratios = cells.loc[(cells.metric == "eval_ppl") & cells.comparator.isna(), "ratio_mean"].dropna()
+    assert norm.vcenter == 1.0 and norm(1.0) == pytest.approx(0.5)
+    assert norm.vmax - 1.0 == pytest.approx(max(0.05, (ratios - 1).abs().max()))
+    assert 1.0 - norm.vmin == pytest.approx(min(norm.vmax - 1.0, 1.0))
+    labels = [t.get_text() for t in fig.axes[0].texts if t.get_text() != "base"]
+    assert labels and all(len(t.split("\n")[0].split(".")[1]) == 3 for t in labels)  # three decimals
+
+
+def test_figure_text_is_at_least_9pt_and_fits_the_page(tmp_path):
+    """Every figure of a full report, drawn as report.render draws it."""
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from orchestrator import aggregate as agg
+    from orchestrator import report as rep
+
+    root = str(tmp_path / "sweep")
+    load_benchmark().build_results(root, steps=3000, layers=600, seeds=(1, 2, 3))
+    trials = agg.load_trials(root)
+    cells = agg.cell_table(trials, "peak-0")
+    trials = agg._attach_cells(trials, cells)
+    stats_ = agg.cell_statistics(trials, cells, bootstrap=False)
+    ids = ["trial_id", "run_trial_id"]
+    steps = pd.read_parquet(os.path.join(root, "results", "steps.parquet"),
+                            columns=ids + ["split", "step", *agg.CURVE_METRICS])
+    layers = pd.read_parquet(os.path.join(root, "results", "layers.parquet"),
+                             columns=ids + ["step", "layer", *agg.LAYER_QUANTITIES])
+    data = rep.ReportInput(sweep_uri=root, baseline="peak-0", trials=trials, cells=cells, cell_stats=stats_,
+                           layers=agg.layer_statistics(layers, trials, cells),
+                           curves=agg.curve_statistics(steps, trials, cells), excluded=agg.excluded_trials(trials))
+    makers = (rep.fig_ratio_heatmap, rep.fig_ratio_by_peak, rep.fig_positions, rep.fig_layers, rep.fig_curves)
+    with plt.rc_context(rep.FONTS):
+        for make in makers:
+            fig = make(data)
+            assert fig is not None, make.__name__
+            fig.canvas.draw()
+            sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+            assert sizes and min(sizes) >= 9, (make.__name__, min(sizes))
+            assert fig.get_size_inches()[0] <= 10.5, make.__name__
+            plt.close(fig)
+
+
+def test_no_report_removes_the_stale_report_and_says_what_it_wrote(tmp_path):
+    import subprocess
+
+    from tests.helpers import CLI, env
+
+    root = tmp_path / "sweep"
+    load_benchmark().build_results(str(root), steps=400, layers=160, seeds=(1, 2, 3), failures=False)
+    aggregate(str(root), echo=quiet)
+    summary = root / "summary"
+    assert (summary / "report.html").is_file() and (summary / "ratio_heatmap.png").is_file()
+    proc = subprocess.run(CLI + ["aggregate", str(root), "--no-report"], env=env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list(summary.glob("*.png")) and not (summary / "report.html").exists()
+    assert f"wrote: {summary / 'cells.parquet'}" in proc.stdout and str(summary / "provenance.json") in proc.stdout
+    assert "removed the stale report" in proc.stdout and str(summary / "report.html") in proc.stdout
+
+
+def test_small_n_gives_no_bootstrap_or_wilcoxon_and_a_seed_estimate(tmp_path):
+    root = str(tmp_path / "two")
+    load_benchmark().build_results(root, steps=400, layers=160, seeds=(1, 2), peaks=(0.0, 1.0),
+                                   schedules=("quintic",), comparators=(), failures=False)
+    out = aggregate(root, echo=quiet)
+    cells = pd.read_parquet(os.path.join(root, "summary", "cells.parquet"))
+    assert (cells["n_seeds"] == 2).all()
+    assert cells[["boot_low", "boot_high", "p_wilcoxon"]].isna().all().all()
+    r = row(cells, "peak-1", "quintic", None)
+    assert np.isfinite(r["p_ttest"]) and "no bootstrap CI" in r["note"] and "no Wilcoxon" in r["note"]
+    trials = pd.read_parquet(os.path.join(root, "results", "trials.parquet"))
+    ppl = trials.pivot_table(index="seed", columns="locality.peak", values="eval_ppl")
+    ratio_sd = (ppl[1.0] / ppl[0.0]).std(ddof=1)
+    assert r["ratio_std"] == pytest.approx(ratio_sd)
+    assert r["seeds_2pct"] == stats.seeds_needed(ratio_sd)
+    assert f"~{r['seeds_2pct']:.0f} seeds would detect a 2% ratio at 80% power" in r["note"]
+    text = " ".join(parse(out["report"]).text)
+    assert "Only 2 paired seed(s)" in text and "would detect a 2% ratio at 80% power" in text

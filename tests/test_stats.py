@@ -62,8 +62,8 @@ def test_n1_and_n0_give_no_ci_and_say_so():
 
 
 def test_nan_never_leaks_into_describe():
-    d = stats.describe([1.0, np.nan, 3.0, np.inf])
-    assert d["n_seeds"] == 2 and d["mean"] == 2.0
+    d = stats.describe([1.0, np.nan, 3.0, np.inf, 2.0])
+    assert d["n_seeds"] == 3 and d["mean"] == 2.0
     assert np.isfinite([d["ci_low"], d["ci_high"], d["boot_low"], d["boot_high"]]).all()
 
 
@@ -160,3 +160,36 @@ def test_holm_properties(ps):
     assert adjusted == pytest.approx(holm_reference(ps))
     order = np.argsort(p, kind="stable")
     assert np.all(np.diff(adjusted[order]) >= -1e-12)
+
+
+@pytest.mark.parametrize("d, n", [(1.0, 10), (0.5, 34), (0.2, 199)])
+def test_seeds_needed_matches_published_paired_t_sample_sizes(d, n):
+    """G*Power's a-priori sizes for a two-sided paired t-test, alpha 0.05, power 0.8."""
+    assert stats.seeds_needed(std=0.02 / d, effect=0.02) == n
+    assert stats.paired_t_power(n, d) >= 0.8 > stats.paired_t_power(n - 1, d)
+
+
+def test_seeds_needed_reaches_the_power_in_simulation():
+    """Simulated paired t-tests at the returned n reject about 80% of the time."""
+    rng = np.random.default_rng(5)
+    sd = 0.03
+    n = int(stats.seeds_needed(sd, effect=0.02))
+    diffs = rng.normal(0.02, sd, size=(20_000, n))
+    p = sps.ttest_1samp(diffs, 0.0, axis=1).pvalue
+    assert abs((p < 0.05).mean() - 0.8) < 0.02
+    assert stats.paired_t_power(n, 0.02 / sd) == pytest.approx((p < 0.05).mean(), abs=0.02)
+
+
+def test_seeds_needed_edge_cases():
+    assert math.isnan(stats.seeds_needed(0.0)) and math.isnan(stats.seeds_needed(float("nan")))
+    assert stats.seeds_needed(1e-6) == 2  # a huge effect still needs two pairs for a t-test
+    assert stats.seeds_needed(100.0) == float("inf")  # beyond the cap
+
+
+def test_fewer_than_three_values_get_no_bootstrap_or_wilcoxon():
+    two = stats.describe([1.0, 2.0])
+    assert math.isnan(two["boot_low"]) and math.isnan(two["boot_high"]) and "no bootstrap" in two["note"]
+    assert np.isfinite([two["ci_low"], two["ci_high"]]).all()
+    c = stats.paired_comparison([2.0, 3.5], [1.0, 2.0])
+    assert math.isnan(c["p_wilcoxon"]) and np.isfinite(c["p_ttest"]) and "no Wilcoxon" in c["note"]
+    assert c["ratio_std"] == pytest.approx(np.std([2.0, 1.75], ddof=1))
