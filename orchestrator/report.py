@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 
 from localist import io as lio  # noqa: E402
 from orchestrator import provenance as prov_mod  # noqa: E402
+from orchestrator.stats import MIN_SEEDS_FOR_RANKS  # noqa: E402
 from orchestrator.aggregate import (KEYS, POSITION_METRICS, REPORT_FILES, _fmt, _fmt_p, _null,  # noqa: E402
                                     headline_rows, label, schedule_order)
 
@@ -47,7 +48,8 @@ CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.88em;margin:.6em 0}
-th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
+td.note,th.note{white-space:normal;text-align:left;min-width:14em}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.base td{background:#f7f7ff}
 .paper{background:#fff8e6}.muted{color:#666;font-size:.9em}img{max-width:100%;display:block;margin:.5em 0}
 .nodata{color:#a33;font-style:italic}
@@ -176,6 +178,8 @@ def _band(ax, x, part: pd.DataFrame, style: dict, name: str) -> None:
     ax.plot(x, part["mean"], label=name, **style)
     low, high = part["ci_low"].to_numpy(dtype=float), part["ci_high"].to_numpy(dtype=float)
     ok = np.isfinite(low) & np.isfinite(high)
+    if "n_seeds" in part:  # a t band from two seeds (t = 12.7) hides every line under it
+        ok &= part["n_seeds"].to_numpy(dtype=float) >= MIN_SEEDS_FOR_RANKS
     if ok.any():
         ax.fill_between(np.asarray(x)[ok], low[ok], high[ok], color=style.get("color"), alpha=0.18, lw=0)
 
@@ -409,8 +413,12 @@ def fig_attention(data: ReportInput):
 # HTML
 
 
-def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None, left: int = 1) -> str:
-    cls = lambda i: ' class="l"' if i < left else ""  # noqa: E731
+def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None, left: int = 1,
+           note: bool = False) -> str:
+    """An HTML table in a horizontally scrolling box; the first ``left`` columns left-aligned,
+    the last one a wrapping note column when ``note``."""
+    last = len(header) - 1
+    cls = lambda i: ' class="note"' if note and i == last else (' class="l"' if i < left else "")  # noqa: E731
     out = ['<div class="scroll"><table><tr>' + "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(header)) + "</tr>"]
     for k, row in enumerate(rows):
         rc = f' class="{classes[k]}"' if classes and classes[k] else ""
@@ -424,25 +432,28 @@ def _ci(low, high, digits=2) -> str:
 
 
 def _headline_table(data: ReportInput) -> str:
+    """eval_ppl per cell; the bootstrap and Wilcoxon columns only where some cell has them (the
+    raw p (t) is in the full table below), so the table and its notes fit a 1280 px window."""
     rows = headline_rows(data.cell_stats)
+    boot = np.isfinite(rows["boot_low"].to_numpy(dtype=float)).any()
+    wilcoxon = np.isfinite(rows["p_wilcoxon"].to_numpy(dtype=float)).any()
     body, classes = [], []
     for r in rows.itertuples(index=False):
         body.append([
-            r.label, _fmt(r.peak), r.n_seeds, _fmt(r.mean), _ci(r.ci_low, r.ci_high), _ci(r.boot_low, r.boot_high),
+            r.label, _fmt(r.peak), r.n_seeds, _fmt(r.mean), _ci(r.ci_low, r.ci_high),
+            *([_ci(r.boot_low, r.boot_high)] if boot else []),
             "1 (baseline)" if r.is_baseline else _fmt(r.ratio_mean, 3),
             "" if r.is_baseline else _ci(r.ratio_ci_low, r.ratio_ci_high, 3),
-            _fmt_p(r.p_ttest), _fmt_p(r.p_holm), _fmt_p(r.p_wilcoxon), _fmt(r.d_z), r.note])
+            _fmt_p(r.p_holm), *([_fmt_p(r.p_wilcoxon)] if wilcoxon else []), _fmt(r.d_z), r.note])
         classes.append("base" if r.is_baseline else "")
-    header = ["cell", "peak", "seeds", "eval ppl", "95% t CI", "bootstrap CI", "ratio", "ratio 95% CI",
-              "p (t)", "p (t, Holm)", "p (Wilcoxon)", "d_z", "note"]
-    return _table(header, body, classes) + _seeds_line(rows)
+    header = ["cell", "peak", "seeds", "eval ppl", "95% t CI", *(["bootstrap CI"] if boot else []), "ratio",
+              "ratio 95% CI", "p (t, Holm)", *(["p (Wilcoxon)"] if wilcoxon else []), "d_z", "note"]
+    return _table(header, body, classes, note=True) + _seeds_line(rows)
 
 
 def _seeds_line(rows: pd.DataFrame) -> str:
     """One line on what the seed count can show: a warning under 3 paired seeds and the seeds
     a paired t-test would need to detect a 2% ratio at 80% power (median over cells)."""
-    from orchestrator.stats import MIN_SEEDS_FOR_RANKS
-
     comp = rows[~rows["is_baseline"]]
     if comp.empty:
         return ""
@@ -452,7 +463,7 @@ def _seeds_line(rows: pd.DataFrame) -> str:
     parts = []
     if paired < MIN_SEEDS_FOR_RANKS:
         parts.append(f"<b>Only {paired} paired seed(s)</b>: no bootstrap interval or Wilcoxon test is given, "
-                     "and t intervals, p-values and d_z this few seeds are fragile; read them as a sketch.")
+                     "and the t intervals, p-values and d_z of so few seeds are fragile; read them as a sketch.")
     if len(need):
         parts.append(f"From the observed spread of the per-seed ratios (median over cells), about "
                      f"<b>{np.median(need):.0f} paired seeds</b> would detect a 2% ratio at 80% power "
@@ -471,8 +482,8 @@ def _paper_table(data: ReportInput) -> str:
         if r.empty or not np.isfinite(r["ratio_mean"].iloc[0]):
             return [f"not in this sweep ({what})", "-"]
         r = r.iloc[0]
-        return [f"{label(r.configuration, r.schedule, r.comparator)}: {_fmt(r.ratio_mean)}x "
-                f"{_ci(r.ratio_ci_low, r.ratio_ci_high)}", _fmt(r['mean'])]
+        return [f"{label(r.configuration, r.schedule, r.comparator)}: {_fmt(r.ratio_mean, 3)}x "
+                f"{_ci(r.ratio_ci_low, r.ratio_ci_high, 3)}", _fmt(r["mean"])]
 
     quintic = (stats_["configuration"] == focus) & (stats_["schedule"] == QUINTIC)
     strict_name = UNIFORM_STRICT if UNIFORM_STRICT in set(stats_["comparator"].dropna()) else None
@@ -498,7 +509,8 @@ def _scale(data: ReportInput) -> dict:
 def _join(v) -> str:
     if v is None or v == "":
         return "not recorded"
-    return ", ".join(str(x) for x in v) if isinstance(v, list) else str(v)
+    one = lambda x: f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else str(x)  # noqa: E731
+    return ", ".join(one(x) for x in v) if isinstance(v, list) else one(v)
 
 
 def _provenance_section(data: ReportInput) -> str:
@@ -559,7 +571,7 @@ def _all_cells_table(data: ReportInput) -> str:
             vals.append(str(v) if c == "n_seeds" else (_fmt_p(v) if c.startswith("p_") else
                                                        _fmt(v, 0 if c == "seeds_2pct" else 4)))
         rows.append(vals + [r["note"]])
-    return _table(["cell", "metric", *cols, "note"], rows, left=2)
+    return _table(["cell", "metric", *cols, "note"], rows, left=2, note=True)
 
 
 def _paper_section(data: ReportInput) -> str:
@@ -609,8 +621,9 @@ def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
                      "Mean ratio over seeds per configuration and schedule; 'base' is the baseline.",
                      "no completed comparison with the baseline"),
         _figure_html("ratio_by_peak.png", pngs.get("ratio_by_peak.png"),
-                     "Ratio against peak locality per schedule with 95% t CIs; our comparators dashed, "
-                     "the paper's v1 figures dotted and labelled as the paper's.",
+                     "Ratio against peak locality per schedule with 95% t CIs; our comparators dashed"
+                     + ("; the paper's v1 figures as a note in the corner, not on the axis."
+                        if _scale(data)["comparable"] else " (the paper's figures are left out: see Scale)."),
                      "no completed comparison with the baseline"),
         "<h2>Where locality costs: held-out loss by position in the block</h2>",
         _figure_html("positions.png", pngs.get("positions.png"),
@@ -622,11 +635,11 @@ def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
         f"<h2>Per-layer attention ({html.escape(str(focus))} against the baseline)</h2>",
         _figure_html("layers.png", pngs.get("layers.png"),
                      "Lambda, attention entropy and in-block mass against depth at each trial's last "
-                     "evaluation, one line per schedule, 95% CI bands over seeds.",
+                     f"evaluation, one line per schedule, 95% t CI bands over seeds (from {MIN_SEEDS_FOR_RANKS} seeds).",
                      notes.get("layers", "no per-layer rows for completed trials")),
         "<h2>Training and eval curves</h2>",
         _figure_html("curves.png", pngs.get("curves.png"),
-                     "Mean over seeds with 95% CI bands.",
+                     f"Mean over seeds with 95% t CI bands (from {MIN_SEEDS_FOR_RANKS} seeds).",
                      notes.get("steps", "no step rows for completed trials")),
         "<h2>Attention patterns (first and last layer)</h2>",
         _figure_html("attention.png", pngs.get("attention.png"),

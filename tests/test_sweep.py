@@ -17,7 +17,8 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     corpus = root / "corpus.txt"  # a corpus file given by a path relative to where the user is
     corpus.write_text(_kjv()[:150_000])
-    write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"})
+    write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"},
+                description="a tiny real sweep of the tests")
     proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
                           timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -135,10 +136,11 @@ def test_report_from_real_trials(finished):
     assert f"report: {summary / 'report.html'}" in log
     page = parse(summary / "report.html")
     figures = sorted(alt for alt, src in page.images if src.startswith(PNG))
-    assert figures == ["attention.png", "curves.png", "layers.png", "ratio_by_peak.png", "ratio_heatmap.png"]
+    assert figures == ["attention.png", "curves.png", "layers.png", "positions.png", "ratio_by_peak.png",
+                       "ratio_heatmap.png"]
     assert all((summary / f).stat().st_size > 1000 for f in figures)
     text = " ".join(page.text)
-    assert "No data for this figure" not in text and "1.89x" in text
+    assert "No data for this figure" not in text
     cells = pd.read_parquet(summary / "cells.parquet")
     ppl = cells[cells.metric == "eval_ppl"].set_index(["configuration", "schedule", "comparator"], drop=False)
     trials = pd.read_parquet(sweep / "results" / "trials.parquet").set_index("trial_id")
@@ -148,6 +150,45 @@ def test_report_from_real_trials(finished):
     assert quintic.ratio_mean == pytest.approx(expected_ratio)
     layers = pd.read_parquet(summary / "layers.parquet")
     assert set(layers.layer) == {0, 1, 2}
+    # the loss by position in the block: in trial.parquet and with the same paired statistics
+    for m in ("eval_loss_pos1", "eval_loss_pos2_4", "eval_loss_pos5p"):
+        r = cells[(cells.metric == m) & (cells.configuration == "peak-1") & (cells.schedule == "quintic")].iloc[0]
+        assert r["mean"] == pytest.approx(trials.loc["peak-1__quintic__s1", m])
+        assert r.ratio_mean == pytest.approx(trials.loc["peak-1__quintic__s1", m] / trials.loc["peak-0__quintic__s1", m])
+
+
+def test_report_of_a_real_sweep_says_what_was_run(finished):
+    """Provenance at the top of the report and in provenance.json, and the scale statement that
+    keeps the paper's figures out of a run this small."""
+    import re
+
+    from tests.test_aggregate_report import parse
+
+    sweep, _ = finished
+    summary = sweep / "summary"
+    prov = json.loads((summary / "provenance.json").read_text())
+    trials = pd.read_parquet(sweep / "results" / "trials.parquet")
+    n_params = int(trials.n_params.iloc[0])
+    assert prov["sweep"] == "tiny" and prov["description"] == "a tiny real sweep of the tests"
+    assert prov["model"] == {"name": "tiny", "n_layer": 3, "n_embd": 64, "n_head": 2, "n_params": n_params}
+    assert prov["data"]["corpus"] == "corpus.txt" and prov["data"]["seq_len"] == 64
+    assert prov["train"] == {"steps": 12, "batch_size": 4, "grad_accum": 1, "tokens_per_trial": 12 * 4 * 64}
+    assert prov["seeds"] == [1] and prov["trials"] == {"rows": 5, "runs": 4, "deduplicated": 1, "excluded": 0}
+    assert prov["versions"]["torch"] == trials["version.torch"].iloc[0] and prov["versions"]["ray"]
+    assert prov["devices"] == "cpu" and prov["wall_s"]["total"] == pytest.approx(
+        trials.drop_duplicates("run_trial_id").wall_s.sum())
+    assert prov["scale"]["comparable"] is False and prov["scale"]["param_fraction"] < 0.01
+    page = parse(summary / "report.html")
+    assert page.headings[1] == "What was run"  # right under the title
+    text = re.sub(r"\s+", " ", " ".join(page.text))
+    for shown in ("a tiny real sweep of the tests", f"{n_params:,}", "tiny: 3 layers x 64 hidden, 2 heads",
+                  "corpus.txt", "3,072 training tokens per trial", "12 steps, batch 4", "seq_len 64",
+                  "5 cell x seed rows run as 4 trials (1 deduplicated", f"torch {trials['version.torch'].iloc[0]}",
+                  "cpu on"):
+        assert shown in text, shown
+    assert f"Scale: this sweep trained {n_params / 1e6:.2f}M parameters" in text
+    assert "of GPT-2 small's 124M" in text and "this run is far smaller, so they are left out" in text
+    assert "1.89x" not in text and "6.6x" not in text  # no paper figure beside a model this small
 
 
 def test_resume_of_a_copied_sweep_folder_stays_in_the_copy(finished):
