@@ -45,11 +45,11 @@ POSITION_LABELS = {"eval_loss_pos1": "first token of its block", "eval_loss_pos2
 UNIFORM_STRICT = "uniform-strict"
 QUINTIC = "quintic"
 CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:.88em;margin:.6em 0}
+table{border-collapse:collapse;font-size:.82em;margin:.6em 0}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
-td.note,th.note{white-space:normal;text-align:left;min-width:14em}
+td.note,th.note{white-space:normal;text-align:left;min-width:12em}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.base td{background:#f7f7ff}
 .paper{background:#fff8e6}.muted{color:#666;font-size:.9em}img{max-width:100%;display:block;margin:.5em 0}
 .nodata{color:#a33;font-style:italic}
@@ -442,12 +442,12 @@ def _headline_table(data: ReportInput) -> str:
         body.append([
             r.label, _fmt(r.peak), r.n_seeds, _fmt(r.mean), _ci(r.ci_low, r.ci_high),
             *([_ci(r.boot_low, r.boot_high)] if boot else []),
-            "1 (baseline)" if r.is_baseline else _fmt(r.ratio_mean, 3),
+            "base" if r.is_baseline else _fmt(r.ratio_mean, 3),
             "" if r.is_baseline else _ci(r.ratio_ci_low, r.ratio_ci_high, 3),
             _fmt_p(r.p_holm), *([_fmt_p(r.p_wilcoxon)] if wilcoxon else []), _fmt(r.d_z), r.note])
         classes.append("base" if r.is_baseline else "")
     header = ["cell", "peak", "seeds", "eval ppl", "95% t CI", *(["bootstrap CI"] if boot else []), "ratio",
-              "ratio 95% CI", "p (t, Holm)", *(["p (Wilcoxon)"] if wilcoxon else []), "d_z", "note"]
+              "ratio 95% CI", "p Holm", *(["p Wilcoxon"] if wilcoxon else []), "d_z", "note"]
     return _table(header, body, classes, note=True) + _seeds_line(rows)
 
 
@@ -518,23 +518,28 @@ def _provenance_section(data: ReportInput) -> str:
     if p is None:
         return '<p class="nodata">No provenance record.</p>'
     m, d, t, n = p["model"], p["data"], p["train"], p["trials"]
-    shape = (f"{_join(m['name'])}: {_join(m['n_layer'])} layers x {_join(m['n_embd'])} hidden, "
-             f"{_join(m['n_head'])} heads")
-    params = f"{m['n_params']:,}" if m["n_params"] else "not recorded"
+
+    def parts(*pairs) -> str:  # "a 1, b 2" from the recorded values only
+        shown = [text.format(_join(v)) for text, v in pairs if v not in (None, "", [])]
+        return ", ".join(shown) or "not recorded"
+
     wall = p["wall_s"]
     items = [
         ("sweep", f"{p['sweep']} ({p['sweep_uri']})"), ("description", p["description"] or "none given"),
-        ("model", shape), ("parameters", params),
-        ("corpus", f"{_join(d['corpus'])} (first {_join(d['max_chars'])} characters; vocabulary {_join(d['vocab_size'])})"),
+        ("model", parts(("{}", m["name"]), ("{} layers", m["n_layer"]), ("{} hidden", m["n_embd"]),
+                        ("{} heads", m["n_head"]))),
+        ("parameters", f"{m['n_params']:,}" if m["n_params"] else "not recorded"),
+        ("corpus", parts(("{}", d["corpus"]), ("first {} characters", d["max_chars"]),
+                         ("vocabulary {}", d["vocab_size"]))),
         ("tokens", f"{t['tokens_per_trial']:,} training tokens per trial" if t["tokens_per_trial"] else "not recorded"),
-        ("training", f"{_join(t['steps'])} steps, batch {_join(t['batch_size'])} x {_join(t['grad_accum'])} "
-                     f"accumulation, seq_len {_join(d['seq_len'])}"),
+        ("training", parts(("{} steps", t["steps"]), ("batch {}", t["batch_size"]),
+                           ("{} accumulation", t["grad_accum"]), ("seq_len {}", d["seq_len"]))),
         ("seeds", _join(p["seeds"])),
         ("trials", f"{n['rows']} cell x seed rows run as {n['runs']} trials ({n['deduplicated']} deduplicated "
                    f"onto a shared run); {n['excluded']} excluded"),
-        ("versions", ", ".join(f"{k} {_join(v)}" for k, v in p["versions"].items())),
+        ("versions", parts(*((f"{k} {{}}", v) for k, v in p["versions"].items()))),
         ("code", p["git_commit"] or "no git commit available"),
-        ("hardware", f"{_join(p['devices'])} on {_join(p['hosts'])}"),
+        ("hardware", parts(("{}", p["devices"]), ("on {}", p["hosts"]))),
         ("wall time", f"{wall['total']:,.0f} s over all trials, longest trial {wall['longest_trial']:,.0f} s"
                       if wall["total"] is not None else "not recorded"),
     ]

@@ -181,10 +181,10 @@ def test_report_of_a_real_sweep_says_what_was_run(finished):
     page = parse(summary / "report.html")
     assert page.headings[1] == "What was run"  # right under the title
     text = re.sub(r"\s+", " ", " ".join(page.text))
-    for shown in ("a tiny real sweep of the tests", f"{n_params:,}", "tiny: 3 layers x 64 hidden, 2 heads",
+    for shown in ("a tiny real sweep of the tests", f"{n_params:,}", "tiny, 3 layers, 64 hidden, 2 heads",
                   "corpus.txt", "3,072 training tokens per trial", "12 steps, batch 4", "seq_len 64",
                   "5 cell x seed rows run as 4 trials (1 deduplicated", f"torch {trials['version.torch'].iloc[0]}",
-                  "cpu on"):
+                  "cpu, on"):
         assert shown in text, shown
     assert f"Scale: this sweep trained {n_params / 1e6:.2f}M parameters" in text
     assert "of GPT-2 small's 124M" in text and "this run is far smaller, so they are left out" in text
