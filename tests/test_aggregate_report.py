@@ -344,6 +344,9 @@ def test_full_report(tmp_path):
                     "Diverged, errored", "All cell statistics"):
         assert any(heading in h for h in page.headings), heading
     assert "1.89x" in text and "6.6x" in text and "paper" in text.lower()
+    # the synthetic sweep claims GPT-2 small's size, so the paper stands beside ours, after the scale
+    assert "Scale: this sweep trained 124.44M parameters (100.00% of GPT-2 small's 124M)" in text
+    assert text.index("Scale: this sweep") < text.index("1.89x")
     assert "No data for this figure" not in text
     for tid in out["excluded"]["trial_id"]:
         assert tid in text
