@@ -43,13 +43,13 @@ def _cmd_sweep_run(a) -> int:
     if a.dry_run:
         print(dryrun.render(sp, trials))
         return 0
-    return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate)
+    return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose)
 
 
 def _cmd_sweep_resume(a) -> int:
     from orchestrator import driver
 
-    return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate)
+    return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose)
 
 
 def _cmd_sweep_status(a) -> int:
@@ -114,11 +114,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", help="override the sweep's storage (path or URI such as s3://bucket/sweeps)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every trial")
     r.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
+    r.add_argument("--verbose", action="store_true")
     r.set_defaults(func=_cmd_sweep_run)
     rs = s.add_parser("resume", help="finish an interrupted sweep: PATH is <storage>/<sweep name>")
     rs.add_argument("path")
     rs.add_argument("--address")
     rs.add_argument("--no-aggregate", action="store_true")
+    rs.add_argument("--verbose", action="store_true")
     rs.set_defaults(func=_cmd_sweep_resume)
     st = s.add_parser("status", help="per-run state of a sweep, during or after a run")
     st.add_argument("path")

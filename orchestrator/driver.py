@@ -17,7 +17,7 @@ import yaml
 from localist import io
 from localist.config import ConfigError
 from localist.data import prepare
-from orchestrator import layout, status
+from orchestrator import console, layout, status
 from orchestrator.collect import collect
 from orchestrator.lock import SweepLock
 from orchestrator.spec import SweepSpec, Trial, expand, runs, validate
@@ -142,10 +142,12 @@ def concurrency(spec: SweepSpec, n_runs: int) -> int:
 
 
 def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[[str], None] = print,
-        aggregate: bool = True, progress_every: float = 20.0, sweep_uri: str | None = None) -> int:
+        aggregate: bool = True, progress_every: float = 20.0, sweep_uri: str | None = None,
+        verbose: bool = False) -> int:
     """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result.
 
     sweep_uri overrides <storage>/<name> (resume of a sweep folder that was renamed or copied).
+    verbose: Ray's own console output instead of the quiet one (see orchestrator/console.py).
     """
     trials = expand(spec, source)
     sweep_uri = sweep_uri or spec.uri
@@ -164,7 +166,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
         else:
             log(f"[sweep] {spec.name}: {len(trials)} results from {len(runs(trials))} runs -> {sweep_uri}")
         _prepare_data(trials, log)
+        quiet = console.Console(sweep_uri, verbose, log)
         _init_ray(address)
+        quiet.attach()
         import ray
 
         try:
@@ -197,6 +201,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             log(f"[sweep] Ray Tune finished in {time.time() - t0:.1f}s")
         finally:
             ray.shutdown()
+            quiet.close()
         return finish(spec, trials, sweep_uri, log, aggregate)
 
 
@@ -242,10 +247,11 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
     return 0 if bad == 0 and search_bad == 0 else 1
 
 
-def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True) -> int:
+def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True,
+           verbose: bool = False) -> int:
     """Continue the sweep stored at sweep_uri, wherever that folder now is and whatever its name."""
     if "://" not in sweep_uri:
         sweep_uri = os.path.abspath(os.path.expanduser(sweep_uri))
     spec = load_saved(sweep_uri)
     return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate,
-               sweep_uri=sweep_uri)
+               sweep_uri=sweep_uri, verbose=verbose)
