@@ -10,10 +10,11 @@ import difflib
 import re
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 BUILTIN_CORPORA = ("kjv", "pydoc")
 
@@ -178,13 +179,47 @@ def valid_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[s
 
 
 def nearest(key: str, candidates: list[str]) -> str:
-    """' (did you mean 'x'?)' for a mistyped key, or ''."""
-    leaf_map = {c.rsplit(".", 1)[-1]: c for c in candidates}
-    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    """' (did you mean 'x'?)' for a mistyped or misplaced key, or ''.
+
+    A key whose last part is exactly some candidate's last part is taken to be in the wrong
+    section (`seeds` -> `grid.seeds`, `locality.steps` -> `train.steps`); otherwise the closest
+    spelling of the whole key, then of its last part.
+    """
+    leaf = key.rsplit(".", 1)[-1]
+    leaf_map: dict[str, str] = {}
+    for c in candidates:
+        leaf_map.setdefault(c.rsplit(".", 1)[-1], c)
+    match = [leaf_map[leaf]] if leaf in leaf_map and leaf_map[leaf] != key else []
+    match = match or difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     if not match:
-        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaf_map), n=1, cutoff=0.6)
-        match = [leaf_map[leaf[0]]] if leaf else []
+        close = difflib.get_close_matches(leaf, list(leaf_map), n=1, cutoff=0.6)
+        match = [leaf_map[close[0]]] if close else []
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+# Names users reach for that the schema spells differently: the paper's schedule names.
+SCHEDULE_POWERS = {"linear": 1, "quadratic": 2, "cubic": 3, "quartic": 4, "quintic": 5}
+
+
+def value_hint(path: str, got: Any, source: str = "") -> str:
+    """'; ...' pointing from a known wrong value to the right spelling, or ''."""
+    name = got.lower() if isinstance(got, str) else None
+    if path.endswith("schedule") and name in SCHEDULE_POWERS:
+        power = SCHEDULE_POWERS[name]
+        if source.endswith("--set"):
+            return f"; the {name} schedule is --set locality.schedule=polynomial --set locality.power={power}"
+        return f"; the {name} schedule is schedule: polynomial, power: {power}"
+    return ""
+
+
+def warnings_for(cfg: "TrialConfig") -> list[str]:
+    """Legal but probably unintended settings, worth a line on stderr before compute starts."""
+    t = cfg.train
+    out = []
+    if t.warmup_steps >= t.steps:
+        out.append(f"train.warmup_steps ({t.warmup_steps}) is not shorter than train.steps ({t.steps}): "
+                   "the learning rate is still warming up when training ends")
+    return out
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -225,7 +260,7 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "",
                 msg = msg[field.end():]
             got = e.get("input")
             shown = "" if isinstance(got, dict) or e["type"].startswith("value_error") else f" (got {got!r})"
-            lines.append(f"{source}: {path}: {msg}{shown}")
+            lines.append(f"{source}: {path}: {msg}{shown}{value_hint(path, got, source)}")
     return "\n".join(lines)
 
 
@@ -255,8 +290,25 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "-
         key = key.strip()
         if key not in keys:
             raise ConfigError(f"{source}: {key}: unknown key{nearest(key, keys)}")
-        set_dotted(tree, key, parse_value(value))
+        set_dotted(tree, key, _check_value(key, parse_value(value), source))
     return tree
+
+
+def _check_value(key: str, value: Any, source: str) -> Any:
+    """One --set value against its field's type and bounds, so the error names --set (checks
+    that involve other keys, such as min_len <= max_len, come later with the whole config)."""
+    model: type[BaseModel] = TrialConfig
+    *sections, name = key.split(".")
+    for part in sections:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[name]
+    try:
+        typ = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        TypeAdapter(typ).validate_python(value)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ConfigError(f"{source}: {key}: {e['msg']} (got {value!r}){value_hint(key, value, source)}") from None
+    return value
 
 
 class _StrictLoader(yaml.SafeLoader):

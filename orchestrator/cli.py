@@ -13,11 +13,23 @@ EXIT_USAGE = 2  # bad input, or refused (another driver holds the sweep)
 EXIT_STORAGE = 3  # the results storage failed mid-run
 
 
+def _warn(messages: list[str]) -> None:
+    for m in messages:
+        print(f"warning: {m}", file=sys.stderr)
+
+
 def _cmd_train(a) -> int:
-    from localist import config
+    from localist import config, io
     from localist.trainer import run_trial
 
     cfg = config.load(a.config, a.set)
+    if io.exists(io.join(a.out, "trial.parquet")):  # written last: the folder holds a finished result
+        if not a.force:
+            raise ConfigError(f"--out {a.out}: already holds a finished result (trial.parquet); "
+                              "pass --force to replace it, or choose another folder")
+        for old in ("trial.parquet", "checkpoint"):  # start afresh, never from a stale checkpoint
+            io.delete(io.join(a.out, old))
+    _warn(config.warnings_for(cfg))
     result = run_trial(cfg, a.out, trial_id=a.trial_id)
     return 0 if result.status == "completed" else 1
 
@@ -38,8 +50,15 @@ def _cmd_sweep_run(a) -> int:
     from orchestrator import driver, dryrun
     from orchestrator.spec import expand
 
+    from localist.config import warnings_for
+
     sp = _load_sweep(a)
     trials = expand(sp, a.file)
+    warned: dict[str, list[str]] = {}  # one line per distinct warning, naming the trials it concerns
+    for t in trials:
+        for w in warnings_for(t.config):
+            warned.setdefault(w, []).append(t.trial_id)
+    _warn([f"{w} ({ids[0]}{f' and {len(ids) - 1} more' if len(ids) > 1 else ''})" for w, ids in warned.items()])
     if a.dry_run:
         print(dryrun.render(sp, trials))
         return 0
@@ -95,44 +114,90 @@ def _cmd_jobs(a) -> int:
     return submit.jobs(a.jobs, getattr(a, "job_id", None), address=a.address, follow=getattr(a, "follow", False))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="localist", description="Progressive-localisation sweeps of localist GPT-2 on Ray.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    t = sub.add_parser("train", help="train one localist trial (no Ray)")
+    try:
+        return f"localist {version('localist')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "localist (not installed)"
+
+
+def _examples(*lines: str) -> dict:
+    """Help that ends with examples, laid out as written."""
+    return {"epilog": "examples:\n" + "\n".join(f"  {x}" for x in lines),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+SWEEP_PATH = "the sweep's folder, <storage>/<sweep name> (e.g. results/quick or s3://bucket/sweeps/paper)"
+ADDRESS = "the head's Jobs API (default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="localist", description="Progressive-localisation sweeps of localist GPT-2 on Ray.",
+        **_examples("localist sweep run sweeps/quick.yaml          # the default CPU sweep (about 6 min)",
+                    "localist train --out runs/one                 # one tiny trial, no Ray",
+                    "localist COMMAND --help                       # options and examples of a command"))
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="one of these (localist COMMAND --help shows its options):")
+
+    t = sub.add_parser("train", help="train one localist trial (no Ray)", description=(
+        "Train one trial and write its Parquet files to --out. An --out folder holding an unfinished "
+        "run (a checkpoint from train.checkpoint_every) is resumed; one holding a finished result is "
+        "refused unless --force."),
+        **_examples("localist train --out runs/tiny",
+                    "localist train my.yaml --set locality.peak=0.5 --set train.steps=400 --out runs/p05"))
     t.add_argument("config", nargs="?", help="trial config YAML (default: the built-in tiny trial)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key")
-    t.add_argument("--out", required=True, help="output folder or URI for the Parquet files")
-    t.add_argument("--trial-id", default="trial")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted key, e.g. locality.peak=0.5 (repeatable)")
+    t.add_argument("--out", required=True, metavar="DIR", help="output folder or URI for the Parquet files")
+    t.add_argument("--force", action="store_true", help="replace a finished result already in --out")
+    t.add_argument("--trial-id", default="trial", help="the trial_id column of the results (default: trial)")
     t.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("sweep", help="run, resume, inspect and collect sweeps").add_subparsers(dest="sweep", required=True)
-    r = s.add_parser("run", help="run a sweep file (continues it if its storage already holds it)")
-    r.add_argument("file")
+    s = sub.add_parser("sweep", help="run, resume, inspect and collect sweeps",
+                       **_examples("localist sweep run sweeps/quick.yaml", "localist sweep status results/quick"))
+    s = s.add_subparsers(dest="sweep", required=True, metavar="ACTION", help="one of these:")
+    r = s.add_parser("run", help="run a sweep file (continues it if its storage already holds it)",
+                     **_examples("localist sweep run sweeps/quick.yaml --dry-run",
+                                 "localist sweep run sweeps/paper.yaml --address auto --storage s3://bucket/sweeps"))
+    r.add_argument("file", help="sweep file (YAML), e.g. sweeps/quick.yaml")
     r.add_argument("--dry-run", action="store_true", help="print the trial table and compute, start nothing")
     r.add_argument("--address", help="attach to a running Ray cluster (default: start Ray locally)")
     r.add_argument("--storage", help="override the sweep's storage (path or URI such as s3://bucket/sweeps)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every trial")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every trial, e.g. train.steps=50 (repeatable)")
     r.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
-    r.add_argument("--verbose", action="store_true")
+    r.add_argument("--verbose", action="store_true",
+                   help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
     r.set_defaults(func=_cmd_sweep_run)
-    rs = s.add_parser("resume", help="finish an interrupted sweep: PATH is <storage>/<sweep name>")
-    rs.add_argument("path")
-    rs.add_argument("--address")
-    rs.add_argument("--no-aggregate", action="store_true")
-    rs.add_argument("--verbose", action="store_true")
+    rs = s.add_parser("resume", help="finish an interrupted sweep (finished trials are kept)",
+                      **_examples("localist sweep resume results/quick",
+                                  "localist sweep resume s3://bucket/sweeps/paper --address auto"))
+    rs.add_argument("path", help=SWEEP_PATH)
+    rs.add_argument("--address", help="attach to a running Ray cluster (default: start Ray locally)")
+    rs.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
+    rs.add_argument("--verbose", action="store_true",
+                    help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
     rs.set_defaults(func=_cmd_sweep_resume)
-    st = s.add_parser("status", help="per-run state of a sweep, during or after a run")
-    st.add_argument("path")
+    st = s.add_parser("status", help="per-run state of a sweep, during or after a run",
+                      **_examples("localist sweep status results/quick"))
+    st.add_argument("path", help=SWEEP_PATH)
     st.set_defaults(func=_cmd_sweep_status)
-    c = s.add_parser("collect", help="(re)write the consolidated results/*.parquet and the summary")
-    c.add_argument("path")
-    c.add_argument("--no-aggregate", action="store_true")
+    c = s.add_parser("collect", help="(re)write the consolidated results/*.parquet and the summary",
+                     **_examples("localist sweep collect results/quick",
+                                 "localist sweep collect results/quick --no-aggregate"))
+    c.add_argument("path", help=SWEEP_PATH)
+    c.add_argument("--no-aggregate", action="store_true", help="only results/*.parquet, no statistics or report")
     c.set_defaults(func=_cmd_sweep_collect)
 
-    sb = sub.add_parser("submit", help="run a sweep as a Ray Job on a cluster (Ray Jobs API, needs ray[default])")
+    sb = sub.add_parser("submit", help="run a sweep as a Ray Job on a cluster (Ray Jobs API, needs ray[default])",
+                        **_examples("localist submit sweeps/paper.yaml --storage s3://bucket/sweeps --follow",
+                                    "localist submit sweeps/quick.yaml --address http://127.0.0.1:8265"))
     sb.add_argument("file", help="sweep file, inside the working directory (which is shipped with the job)")
-    sb.add_argument("--address", help="the head's Jobs API (default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)")
+    sb.add_argument("--address", help=ADDRESS)
     sb.add_argument("--storage", help="override the sweep's storage; every node must reach it (s3://, gs://, shared path)")
     sb.add_argument("--follow", action="store_true", help="stream the job's logs; exit with the job's status")
     sb.add_argument("--working-dir", default=".", help="folder shipped as the job's working directory (default .)")
@@ -141,20 +206,24 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--no-aws-env", action="store_true",
                     help="don't copy AWS_* credentials/endpoint into the job (nodes have their own S3 access)")
     sb.set_defaults(func=_cmd_submit)
-    jb = sub.add_parser("jobs", help="list, inspect, follow and stop submitted jobs")
-    jbs = jb.add_subparsers(dest="jobs", required=True)
+    jb = sub.add_parser("jobs", help="list, inspect, follow and stop submitted jobs",
+                        **_examples("localist jobs list", "localist jobs logs JOB_ID --follow"))
+    jbs = jb.add_subparsers(dest="jobs", required=True, metavar="ACTION", help="one of these:")
     for name, text in [("list", "every job on the cluster"), ("status", "a job's status and exit code"),
                        ("logs", "a job's logs so far (--follow: until it ends)"), ("stop", "stop a running job")]:
-        j = jbs.add_parser(name, help=text)
+        example = f"localist jobs {name}" + ("" if name == "list" else " localist-quick-20260101-120000-ab12")
+        j = jbs.add_parser(name, help=text, **_examples(example + (" --follow" if name == "logs" else "")))
         if name != "list":
-            j.add_argument("job_id")
+            j.add_argument("job_id", help="the job's id, as printed by submit and jobs list")
         if name == "logs":
-            j.add_argument("--follow", action="store_true")
-        j.add_argument("--address", help="the head's Jobs API (default as for submit)")
+            j.add_argument("--follow", action="store_true", help="keep streaming until the job ends")
+        j.add_argument("--address", help=ADDRESS)
         j.set_defaults(func=_cmd_jobs)
 
-    ag = sub.add_parser("aggregate", help="seed statistics, tests against the baseline, report")
-    ag.add_argument("path", help="<storage>/<sweep name>")
+    ag = sub.add_parser("aggregate", help="seed statistics, tests against the baseline, report",
+                        **_examples("localist aggregate results/quick",
+                                    "localist aggregate results/quick --baseline peak-0 --no-report"))
+    ag.add_argument("path", help=SWEEP_PATH)
     ag.add_argument("--baseline", help="configuration to compare against (default: the one with peak 0)")
     ag.add_argument("--no-report", action="store_true", help="tables only, no HTML report or figures")
     ag.set_defaults(func=_cmd_aggregate)

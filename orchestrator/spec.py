@@ -84,6 +84,14 @@ class Trial:
     key: str = field(default="", repr=False)
 
 
+def _top_level_hints() -> list[str]:
+    """Where a key misplaced at the sweep's top level belongs: its own keys first, then
+    `grid.seeds`, then every trial-config section and key under `base`."""
+    trial = [k for k in valid_keys() if k != "seed"]  # a sweep's seeds come from grid.seeds
+    sections = sorted({k.split(".")[0] for k in trial})
+    return SPEC_KEYS + ["grid.seeds"] + [f"base.{k}" for k in sections + trial]
+
+
 def _err(source: str, path: str, msg: str) -> ConfigError:
     return ConfigError(f"{source}: {path}: {msg}")
 
@@ -108,7 +116,7 @@ def validate(raw: dict[str, Any], source: str) -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, keys=SPEC_KEYS)) from None
+        raise ConfigError(format_validation_error(err, source, keys=_top_level_hints())) from None
     _check_overrides(spec.base, source, "base")
     if "seeds" not in spec.grid:
         raise _err(source, "grid.seeds", "missing: list the seeds, e.g. seeds: [1, 2, 3]")

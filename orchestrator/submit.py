@@ -77,7 +77,8 @@ def _relative_sweep(file: str, working_dir: Path) -> str:
 def _check_shared(storage: str, source: str) -> None:
     if io.is_local(storage) and not os.path.isabs(os.path.expanduser(storage.removeprefix("file://"))):
         raise ConfigError(f"{source}: storage: {storage!r} is relative to the job's temporary folder on the head "
-                          "node; use s3://..., gs://... or an absolute path on a filesystem every node mounts")
+                          "node; pass --storage s3://bucket/prefix (or gs://..., or an absolute path on a filesystem "
+                          "every node mounts)")
 
 
 def entrypoint(file: str, storage: str | None, working_dir: Path) -> tuple[list[str], SweepSpec]:

@@ -1,6 +1,7 @@
 """Malformed sweep and trial files: one clear message naming file and key, exit code 2, and
 nothing created (no folder, no Ray session)."""
 
+import argparse
 import os
 
 import pytest
@@ -50,6 +51,11 @@ SWEEPS = [  # (id, file text, substrings the message must contain)
     ("bad-schedule-name", sweep_text(base="{locality: {schedule: cubic}}"),
      ["locality.schedule", "'uniform', 'polynomial' or 'list'"]),
     ("top-level-list", "- name: bad\n", ["top level must be a mapping"]),
+    ("seeds-at-top-level", sweep_text(seeds="[1, 2]"), ["seeds: unknown key", "did you mean 'grid.seeds'"]),
+    ("trial-section-at-top-level", sweep_text(train="{steps: 5}"), ["train: unknown key", "'base.train'"]),
+    ("trial-key-at-top-level", sweep_text(warmup_steps="5"), ["did you mean 'base.train.warmup_steps'"]),
+    ("paper-schedule-name", sweep_text(base="{locality: {schedule: quintic}}"),
+     ["locality.schedule", "(got 'quintic')", "schedule: polynomial, power: 5"]),
 ]
 
 
@@ -86,6 +92,11 @@ TRIALS = [
     ("unknown-set-key", "", ["locality.peek=1"], ["--set", "did you mean 'locality.peak'"]),
     ("peak-out-of-range", "locality: {peak: -0.5}\n", [], ["locality.peak", "greater than or equal to 0"]),
     ("missing-config-file", None, [], ["no such file"]),
+    ("key-in-wrong-section", "locality: {steps: 5}\n", [], ["locality.steps", "did you mean 'train.steps'"]),
+    ("set-key-without-section", "", ["steps=5"], ["--set: steps", "did you mean 'train.steps'"]),
+    ("set-paper-schedule-name", "", ["locality.schedule=Linear"],
+     ["--set: locality.schedule", "--set locality.schedule=polynomial --set locality.power=1"]),
+    ("set-bad-enum", "", ["train.precision=fp8"], ["--set: train.precision", "'bf16'", "(got 'fp8')"]),
 ]
 
 
@@ -127,3 +138,92 @@ def test_sweep_files_in_repo_are_valid():
     assert {"peak-0", "peak-0.5", "peak-1"} <= set(quick.axes["configuration"])
     assert {"linear", "quintic"} <= set(quick.axes["schedule"]) and len(quick.seeds) >= 2
     assert "uniform-strict" in quick.comparators
+
+
+def test_set_on_a_sweep_names_set_and_hints_the_schedule(capsys, no_ray):
+    code = main(["sweep", "run", "sweeps/quick.yaml", "--set", "locality.schedule=quartic"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "sweeps/quick.yaml: --set: locality.schedule" in err
+    assert "--set locality.schedule=polynomial --set locality.power=4" in err
+
+
+def test_submit_with_relative_storage_names_the_storage_option(capsys, no_ray):
+    assert main(["submit", "sweeps/quick.yaml"]) == 2  # storage: ./results is relative
+    err = capsys.readouterr().err
+    assert "sweeps/quick.yaml: storage: './results' is relative" in err and "pass --storage s3://" in err
+
+
+def test_warmup_not_shorter_than_the_run_is_warned(tmp_path, capsys):
+    f = tmp_path / "w.yaml"
+    f.write_text(sweep_text(base="{train: {steps: 10, warmup_steps: 10}}"))
+    assert main(["sweep", "run", str(f), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: train.warmup_steps (10) is not shorter than train.steps (10)" in err
+    assert "(p0__s1 and 1 more)" in err
+    f.write_text(sweep_text(base="{train: {steps: 11, warmup_steps: 10}}"))
+    assert main(["sweep", "run", str(f), "--dry-run"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_quick_sweep_runs_as_many_trials_as_the_cpus_allow():
+    from orchestrator.driver import concurrency
+    from orchestrator.spec import load
+
+    quick = load("sweeps/quick.yaml")
+    assert quick.max_concurrent is None
+    cpus = os.cpu_count() or 1
+    assert concurrency(quick, 100) == cpus and concurrency(quick, 1) == 1
+    assert concurrency(quick.model_copy(update={"max_concurrent": 1}), 100) == 1
+
+
+def test_version_and_every_option_has_help(capsys):
+    from orchestrator.cli import parser
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("localist ")
+
+    def commands(p, path=()):
+        yield path, p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, path + (name,))
+
+    seen = 0
+    for path, p in commands(parser()):
+        for action in p._actions:
+            assert action.help, f"localist {' '.join(path)}: {action.dest} has no help line"
+        if path:  # every command's help ends with examples
+            assert p.epilog and p.epilog.startswith("examples:\n  localist "), path
+            seen += 1
+    assert seen >= 12  # train, sweep + 4 actions, submit, jobs + 4 actions, aggregate
+
+
+def test_train_out_refuses_a_finished_result_resumes_an_unfinished_one(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from localist.faults import InjectedFault
+    from tests.conftest import tiny_tree
+
+    f = tmp_path / "t.yaml"
+    f.write_text(yaml.safe_dump(tiny_tree(train={"steps": 4, "warmup_steps": 4, "eval_every": 4, "log_every": 2,
+                                                 "checkpoint_every": 2})))
+    out = tmp_path / "out"
+    monkeypatch.setenv("LOCALIST_FAULT", f"raise@3:{tmp_path / 'fired'}")
+    with pytest.raises(InjectedFault):  # a crash after the step-2 checkpoint: an unfinished folder
+        main(["train", str(f), "--out", str(out)])
+    assert "warning: train.warmup_steps (4) is not shorter than train.steps (4)" in capsys.readouterr().err
+    assert main(["train", str(f), "--out", str(out)]) == 0
+    assert "resumed from step 2" in capsys.readouterr().out
+    finished = (out / "trial.parquet").read_bytes()
+
+    assert main(["train", str(f), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: already holds a finished result" in err and "--force" in err and "another folder" in err
+    assert (out / "trial.parquet").read_bytes() == finished  # untouched
+
+    assert main(["train", str(f), "--out", str(out), "--force"]) == 0
+    assert "resumed" not in capsys.readouterr().out  # a fresh run, not a resume
+    assert (out / "trial.parquet").exists() and not (out / "checkpoint").exists()
