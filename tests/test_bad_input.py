@@ -3,6 +3,8 @@ nothing created (no folder, no Ray session)."""
 
 import argparse
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -227,3 +229,16 @@ def test_train_out_refuses_a_finished_result_resumes_an_unfinished_one(tmp_path,
     assert main(["train", str(f), "--out", str(out), "--force"]) == 0
     assert "resumed" not in capsys.readouterr().out  # a fresh run, not a resume
     assert (out / "trial.parquet").exists() and not (out / "checkpoint").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_names_the_package_when_venv_cannot_work(tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "ensurepip.py").write_text("raise ImportError('stripped, as in Debian without python3-venv')\n")
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["make", f"VENV={venv}", f"{venv}/bin/python"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(fake)}, timeout=60)
+    assert proc.returncode != 0
+    assert "sudo apt install python3-venv" in proc.stdout, proc.stdout + proc.stderr
+    assert not venv.exists()
