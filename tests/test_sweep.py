@@ -18,7 +18,8 @@ def finished(tmp_path_factory):
     corpus = root / "corpus.txt"  # a corpus file given by a path relative to where the user is
     corpus.write_text(_kjv()[:150_000])
     write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"},
-                description="a tiny real sweep of the tests")
+                description="a tiny real sweep of the tests",
+                checkpoint_every=6)  # a checkpoint makes Ray and Accelerate print their routine lines
     proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
                           timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -60,6 +61,26 @@ def test_consolidated_results_row_by_row(finished):
         assert len(layers[layers.trial_id == tid]) == 3 * 2  # 3 layers x 2 evaluations
     # one trial start per run, nothing retried
     assert set(attempts(sweep).values()) == {1}
+
+
+ROUTINE = ["Removed shared tensor", "Checkpoint successfully created at", "RAY_DEDUP_LOGS", "repeated",
+           "Started a local Ray instance", "Configuration for experiment", "View detailed results here",
+           "tensorboard", "Wrote the latest version of all result files", "Trial status"]
+
+
+def test_console_has_trial_progress_and_no_routine_ray_or_accelerate_lines(finished):
+    sweep, console = finished
+    assert "[peak-1__quintic__s1] step 12/12" in console and "[uniform-strict__s1] completed" in console
+    assert "[sweep] report:" in console
+    for routine in ROUTINE:
+        assert routine not in console, routine
+    assert not [x for x in console.splitlines() if x.startswith("(")]  # no raw "(pid=...)" worker line
+    logs = list((sweep / "logs").glob("driver-*.log"))  # ... they are all here instead
+    assert len(logs) == 1 and f"logs/{logs[0].name} (--verbose prints them here)" in console
+    kept = logs[0].read_text()
+    for routine in ("Removed shared tensor", "Checkpoint successfully created at", "Started a local Ray instance",
+                    "[peak-1__quintic__s1] step 12/12"):
+        assert routine in kept, routine
 
 
 def test_status_and_collect_are_repeatable(finished):
