@@ -10,11 +10,10 @@ import difflib
 import re
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 BUILTIN_CORPORA = ("kjv", "pydoc")
 
@@ -295,19 +294,19 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "-
 
 
 def _check_value(key: str, value: Any, source: str) -> Any:
-    """One --set value against its field's type and bounds, so the error names --set (checks
-    that involve other keys, such as min_len <= max_len, come later with the whole config)."""
+    """One --set value against its field (type, bounds, field validators), so the error names
+    --set; checks that involve other keys (min_len <= max_len) come later with the whole config."""
     model: type[BaseModel] = TrialConfig
     *sections, name = key.split(".")
     for part in sections:
         model = model.model_fields[part].annotation
-    field = model.model_fields[name]
     try:
-        typ = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-        TypeAdapter(typ).validate_python(value)
+        model.__pydantic_validator__.validate_assignment(model.model_construct(), name, value)
     except ValidationError as err:
-        e = err.errors()[0]
-        raise ConfigError(f"{source}: {key}: {e['msg']} (got {value!r}){value_hint(key, value, source)}") from None
+        mine = [e for e in err.errors() if tuple(e["loc"][:1]) == (name,)]  # not the section's own checks
+        if mine:
+            raise ConfigError(f"{source}: {key}: {mine[0]['msg']} (got {value!r}){value_hint(key, value, source)}") \
+                from None
     return value
 
 
