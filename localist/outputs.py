@@ -50,11 +50,17 @@ def trial_row(trial_id: str, cfg: TrialConfig, summary: dict) -> dict:
     return {"trial_id": trial_id, **flat, **summary, **versions()}
 
 
+def write_rows(out: str, trial_id: str, steps: list[dict], layers: list[dict]) -> None:
+    """steps.parquet and layers.parquet with every row so far (each write replaces the file atomically),
+    also while the trial runs: without trial.parquet beside them they are partial."""
+    io.write_parquet(_table("steps", trial_id, steps), io.join(out, "steps.parquet"))
+    io.write_parquet(_table("layers", trial_id, layers), io.join(out, "layers.parquet"))
+
+
 def write_trial(out: str, trial_id: str, cfg: TrialConfig, summary: dict, steps: list[dict],
                 layers: list[dict], attention: list[dict]) -> dict:
     """steps, layers and attention first; trial.parquet last, so its presence means 'complete'."""
-    io.write_parquet(_table("steps", trial_id, steps), io.join(out, "steps.parquet"))
-    io.write_parquet(_table("layers", trial_id, layers), io.join(out, "layers.parquet"))
+    write_rows(out, trial_id, steps, layers)
     io.write_parquet(_table("attention", trial_id, attention), io.join(out, "attention.parquet"))
     row = trial_row(trial_id, cfg, summary)
     io.write_parquet(pa.Table.from_pylist([row]), io.join(out, "trial.parquet"))

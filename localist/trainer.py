@@ -109,6 +109,7 @@ class Trainer:
         self.step_rows: list[dict] = []
         self.layer_rows: list[dict] = []
         self.attention_rows: list[dict] = []
+        self.metrics: dict = {}  # what the latest step logged or evaluated (see fit)
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read
         self._ahead = None  # the next micro-batch, already on its way to the device
         self._warm: tuple[int, float, int] | None = None  # tokens, train time, dynamo frames after step 1
@@ -316,8 +317,15 @@ class Trainer:
 
     def fit(self, on_checkpoint: Callable[["Trainer"], None] | None = None,
             on_progress: Callable[[dict], None] | None = None,
-            on_eval: Callable[["Trainer", float], None] | None = None) -> TrialResult:
-        """on_eval(trainer, eval_loss) after every evaluation but the last (the result carries that one)."""
+            on_eval: Callable[["Trainer", float], None] | None = None,
+            on_metrics: Callable[[dict], None] | None = None) -> TrialResult:
+        """on_eval(trainer, eval_loss) after every evaluation but the last (the result carries that one).
+
+        At each step that logs or evaluates, self.metrics holds that step's numbers (train_loss, lr,
+        tokens_per_s, tokens_seen; eval_loss, eval_ppl, layer<l>/...): on_metrics receives them, except
+        at a checkpoint step (on_checkpoint reads self.metrics, so one report carries both) and at the
+        last step (the caller reads them with the result). steps/layers.parquet are rewritten at every
+        evaluation and checkpoint before the last, so a running trial can be watched."""
         t = self.cfg.train
         self._wall0 = time.perf_counter()
         status = "completed"
@@ -336,6 +344,7 @@ class Trainer:
             # Losses are read (the host waits for the device) only here, inside the timed span.
             bad = self._read_losses() if (log or ev or ckpt or self.step == first) else None
             self.train_time += time.perf_counter() - t0
+            self.metrics = {}
             if self.step == first:
                 self._warm = (self.tokens_seen, self.train_time, speed.dynamo_frames())
             if bad is not None:
@@ -346,20 +355,38 @@ class Trainer:
             if log:
                 mean = self.loss_window[0] / self.loss_window[1]
                 self._row("train", mean)
-                self._progress(mean, on_progress)
+                self.metrics.update(self._progress(mean, on_progress))
                 self.loss_window = [0.0, 0]
             if ev:
                 loss = self.evaluate()
+                self.metrics.update(self._eval_metrics(loss))
                 if on_eval and not last:
                     on_eval(self, loss)
+            if last:
+                break
+            if ev or ckpt:
+                self.write_partial()
             if ckpt:
                 on_checkpoint(self)
+            elif self.metrics and on_metrics:
+                on_metrics(self.metrics)
         eval_loss = math.nan
         if status == "completed":
             eval_loss = next(r["loss"] for r in reversed(self.step_rows) if r["split"] == "eval")
         return self._finish(status, eval_loss, self.wall_before + time.perf_counter() - self._wall0)
 
-    def _progress(self, loss: float, on_progress) -> None:
+    def write_partial(self) -> None:
+        """steps/layers.parquet so far, so a running trial can be watched (trial.parquet stays last)."""
+        outputs.write_rows(self.out, self.trial_id, self.step_rows, self.layer_rows)
+
+    def _eval_metrics(self, loss: float) -> dict:
+        m = {"eval_loss": loss, "eval_ppl": self.step_rows[-1]["ppl"]}
+        for r in self.layer_rows[-self.n_layer:]:
+            m[f"layer{r['layer']}/entropy_bits"] = r["entropy_bits"]
+            m[f"layer{r['layer']}/in_block_mass"] = r["in_block_mass"]
+        return m
+
+    def _progress(self, loss: float, on_progress) -> dict:
         t = self.cfg.train
         rate = self.tokens_seen / self.train_time if self.train_time else 0.0
         per_step = self.train_time / max(self.step, 1)
@@ -370,6 +397,8 @@ class Trainer:
                  f"lr {self.scheduler.get_last_lr()[0]:.2e} {rate:,.0f} tok/s eta {eta:.0f}s")
         if on_progress:
             on_progress(info)
+        return {"train_loss": loss, "lr": float(self.scheduler.get_last_lr()[0]), "tokens_per_s": rate,
+                "tokens_seen": self.tokens_seen}
 
     def speed_figures(self) -> dict:
         """compiled; recompiles (dynamo compiles after the first step of this run); mfu (model

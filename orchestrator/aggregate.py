@@ -465,8 +465,10 @@ def terminal_table(cells: pd.DataFrame, baseline: str, excluded: pd.DataFrame) -
 
 
 def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
-              echo: Callable[[str], object] = print) -> dict:
+              echo: Callable[[str], object] = print, partial: str | None = None) -> dict:
     """Aggregate ``<sweep_uri>/results`` into ``<sweep_uri>/summary``; see the module docstring.
+
+    partial: why the results are incomplete (a sweep still running); shown on the table and report.
 
     Returns {"cells", "layers", "curves", "excluded" (DataFrames), "baseline" (str),
     "report" (URI of report.html or None), "provenance" (dict), "written" and "removed" (URIs),
@@ -486,7 +488,7 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
     prov = provenance.collect(sweep_uri, _read(lio.join(results, "trials.parquet"), provenance.COLUMNS).to_pandas(),
                               len(excluded))
 
-    notes: dict[str, str] = {}
+    notes: dict[str, str] = {"partial": partial} if partial else {}
     from orchestrator.search import report_note
 
     if search_note := report_note(sweep_uri):  # a search sweep's confirmation (orchestrator/search.py)
@@ -524,6 +526,8 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
         removed = [uri for uri in (lio.join(summary, f) for f in REPORT_FILES) if lio.exists(uri)]
         for uri in removed:
             lio.delete(uri)
+    if partial:
+        echo(f"PARTIAL RESULTS: {partial}")
     echo(terminal_table(cell_stats, base, excluded))
     echo("wrote: " + ", ".join(written))
     if removed:

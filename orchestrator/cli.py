@@ -75,15 +75,16 @@ def _cmd_sweep_status(a) -> int:
     from orchestrator import driver, status
 
     sp = driver.load_saved(a.path)
-    trials = driver.trials_of(sp, a.path, a.path, check_paths=False)
-    if sp.search:
-        from orchestrator.search_run import search_trials
-
-        trials = search_trials(sp, a.path) + trials
-    df = status.run_states(a.path, trials)
+    df = status.run_states(a.path, status.all_trials(sp, a.path))
     print(status.summary_line(df, driver.concurrency(sp, len(df))))
     print(status.table(df))
     return 0
+
+
+def _cmd_sweep_watch(a) -> int:
+    from orchestrator import watch
+
+    return watch.watch(a.path.rstrip("/"), every=a.every, once=a.once)
 
 
 def _cmd_sweep_collect(a) -> int:
@@ -95,9 +96,12 @@ def _cmd_sweep_collect(a) -> int:
 
 
 def _cmd_aggregate(a) -> int:
+    from orchestrator import status
     from orchestrator.aggregate import aggregate
 
-    aggregate(a.path.rstrip("/"), baseline=a.baseline, report=not a.no_report)
+    path = a.path.rstrip("/")
+    partial = status.collect_unfinished(path)
+    aggregate(path, baseline=a.baseline, report=not a.no_report, partial=partial)
     return 0
 
 
@@ -186,6 +190,13 @@ def parser() -> argparse.ArgumentParser:
                       **_examples("localist sweep status results/quick"))
     st.add_argument("path", help=SWEEP_PATH)
     st.set_defaults(func=_cmd_sweep_status)
+    w = s.add_parser("watch", help="live table of a sweep's runs (step, loss, tokens/s, ETA) until it ends or Ctrl-C",
+                     **_examples("localist sweep watch results/quick",
+                                 "localist sweep watch results/quick --every 10"))
+    w.add_argument("path", help=SWEEP_PATH)
+    w.add_argument("--every", type=float, default=2.0, metavar="SECONDS", help="refresh interval (default 2)")
+    w.add_argument("--once", action="store_true", help="print one table and exit")
+    w.set_defaults(func=_cmd_sweep_watch)
     c = s.add_parser("collect", help="(re)write the consolidated results/*.parquet and the summary",
                      **_examples("localist sweep collect results/quick",
                                  "localist sweep collect results/quick --no-aggregate"))

@@ -17,7 +17,7 @@ import yaml
 from localist import io
 from localist.config import ConfigError
 from localist.data import prepare
-from orchestrator import console, layout, status
+from orchestrator import console, layout, status, tracking
 from orchestrator.collect import collect
 from orchestrator.lock import SweepLock
 from orchestrator.spec import SweepSpec, Trial, expand, runs, validate
@@ -42,8 +42,9 @@ def _saved_spec(spec: SweepSpec) -> str:
 def same_sweep(saved_text: str, spec: SweepSpec) -> bool:
     """Equal apart from where it is stored (a sweep folder may be moved or copied)."""
     saved = yaml.safe_load(saved_text) or {}
-    saved.pop("storage", None)
-    return saved == {k: v for k, v in spec.model_dump(mode="json").items() if k != "storage"}
+    loose = ("storage", "tracking")  # where results and metrics go does not change the sweep
+    return ({k: v for k, v in saved.items() if k not in loose} ==
+            {k: v for k, v in spec.model_dump(mode="json").items() if k not in loose})
 
 
 def load_saved(sweep_uri: str) -> SweepSpec:
@@ -71,6 +72,9 @@ def _init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # keep every trial's progress line
     # Tune snapshots its state at every checkpoint (we want that for resume); don't warn about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's console reporter names a temporary staging folder for TensorBoard; we print the
+    # sweep's own tune/ folder instead (tracking.hints), so use Tune's quiet classic output.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -115,11 +119,15 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str |
     # (with an endpoint override) and gs:// all behave alike.
     fs, path = io.resolve(tune_uri or layout.tune_dir(sweep_uri))
     parent, name = path.rstrip("/").rsplit("/", 1)
+    callbacks = tracking.callbacks(spec.tracking, sweep_uri, spec.name)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        return tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs), True
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs)
+        # Tune would reuse the trackers pickled by the first run; this run's spec decides them
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner, True
     tuner = tune.Tuner(
         fn,
-        param_space={"trial_id": tune.grid_search(list(run_cfgs))},
+        param_space=tracking.param_space(run_cfgs),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.max_concurrent,
             trial_name_creator=lambda t: t.config["trial_id"],
@@ -128,6 +136,7 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str |
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
@@ -151,6 +160,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
     """
     trials = expand(spec, source)
     sweep_uri = sweep_uri or spec.uri
+    tracking.check(spec.tracking, sweep_uri, source)
     with SweepLock(sweep_uri):
         spec_f = layout.spec_file(sweep_uri)
         text = _saved_spec(spec)
@@ -199,6 +209,8 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
                     log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
                 _mark_final_errors(fit(tuner, trials), sweep_uri)
             log(f"[sweep] Ray Tune finished in {time.time() - t0:.1f}s")
+            for line in tracking.hints(spec.tracking, sweep_uri):
+                log(line)
         finally:
             ray.shutdown()
             quiet.close()

@@ -4,7 +4,9 @@
   sweep.yaml                 the validated spec the sweep was started with (resume reads it)
   trials/<run_id>/           one trial's trial/steps/layers/attention.parquet, progress.json,
                              attempts/*.json (one per start) and error.json (last failure)
-  tune/                      Ray Tune's experiment state and checkpoints
+  tune/                      Ray Tune's experiment state and checkpoints; per trial its live metrics
+                             (progress.csv, result.json, params.json, TensorBoard event files)
+  mlflow/, wandb/            tracker stores, when the sweep's `tracking:` uses the defaults
   tune-search/<group>/       search sweeps: one Tune experiment per search (searcher state inside)
   search/<group>.json        a finished search: its trials, ranked, and the settings to confirm
   search/_rounds.json        confirm.until: the seeds added in rounds and the cells each went to

@@ -617,6 +617,7 @@ def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
         "d_z = mean difference / its standard deviation. With a handful of seeds the bootstrap "
         "interval is too narrow; read the t interval first. Under 3 paired seeds there is no "
         "bootstrap interval and no Wilcoxon test.</p>",
+        (f'<p><b>PARTIAL RESULTS: {html.escape(notes["partial"])}</b></p>' if notes.get("partial") else ""),
         "<h2>What was run</h2>", _provenance_section(data),
         "<h3>Scale and the paper's headline</h3>", _paper_section(data),
         *([f"<h2>Search</h2><p>{html.escape(notes['search'])}</p>"] if notes.get("search") else []),

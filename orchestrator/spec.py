@@ -16,13 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from orchestrator.tracking import Tracking
 from localist.config import (ConfigError, TrialConfig, build, deep_merge, flatten, format_validation_error,
                              load_yaml, nearest, valid_keys)
 from orchestrator import search as search_section
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SPEC_KEYS = ["name", "description", "base", "grid", "comparators", "resources", "max_concurrent", "storage",
-             "retries", "checkpoint_every", "search"]
+             "retries", "checkpoint_every", "search", "tracking"]
 
 
 class Resources(BaseModel):
@@ -44,6 +45,7 @@ class SweepSpec(BaseModel):
     retries: int = Field(2, ge=0)
     checkpoint_every: int = Field(0, ge=0, description="steps between trial checkpoints (0 = none)")
     search: search_section.Search | None = Field(None, description="sample settings, then confirm the best")
+    tracking: Tracking = Field(default_factory=Tracking, description="MLflow / W&B runs (orchestrator.tracking)")
 
     @field_validator("name")
     @classmethod

@@ -30,9 +30,19 @@ def _report(metrics: dict, checkpoint_dir: str | None = None) -> None:
     tune.report(metrics, checkpoint=ckpt)
 
 
-def _metrics(eval_loss: float, step: int, **extra) -> dict:
-    ppl = math.exp(eval_loss) if math.isfinite(eval_loss) and eval_loss < 700 else math.nan
-    return {"eval_loss": eval_loss, "eval_ppl": ppl, "step": step, **extra}
+TRAIN_KEYS = ("train_loss", "lr", "tokens_per_s", "tokens_seen")
+EVAL_KEYS = ("eval_loss", "eval_ppl")
+LAYER_KEYS = ("entropy_bits", "in_block_mass")
+
+
+def metrics(step: int, n_layer: int, values: dict, status: str = "running", skipped: int = 0) -> dict:
+    """One Tune report: always the same keys in the same order (Tune's progress.csv takes its columns
+    from a trial's first report), NaN where this step has no such number (TensorBoard skips NaN).
+    timesteps_total is the training step: TensorBoard and MLflow use it as the x axis."""
+    keys = TRAIN_KEYS + EVAL_KEYS + tuple(f"layer{i}/{q}" for i in range(n_layer) for q in LAYER_KEYS)
+    out = {"step": step, "timesteps_total": step, "status": status, "skipped": skipped}
+    out.update({k: float(values.get(k, math.nan)) for k in keys})
+    return out
 
 
 def sweep_trial(config: dict, runs: dict[str, dict], sweep_uri: str, cpus: float) -> None:
@@ -56,8 +66,9 @@ def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str
 
 
 def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool) -> None:
-    """Run one trial into trials/<trial_id>/. A search trial reports its eval loss at every
-    evaluation (what ASHA and the searcher act on); every report carries the metric keys."""
+    """Run one trial into trials/<trial_id>/. A grid trial reports at every log and evaluation
+    (live metrics); a search trial only at evaluations and checkpoints, each with a finite eval
+    loss (what ASHA and the searcher act on). Every report carries the same keys (`metrics`)."""
     import ray
     from ray import tune
 
@@ -69,7 +80,7 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
     done = io.join(out, "trial.parquet")
     if io.exists(done):
         row = io.read_parquet(done).to_pylist()[0]
-        _report(_metrics(row["eval_loss"], row["final_step"], status=row["status"], skipped=1))
+        _report(metrics(row["final_step"], row["n_layer_actual"], row, row["status"], skipped=1))
         return
     torch.set_num_threads(max(1, int(cpus)))
     cfg = make_config()
@@ -89,25 +100,31 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
         return next((r["loss"] for r in reversed(tr.step_rows) if r["split"] == "eval"), math.nan)
 
     def on_checkpoint(tr: Trainer) -> None:
-        loss = last_eval(tr)
-        if search and not math.isfinite(loss):
-            return  # a searcher needs the metric in every report; no eval yet, so no checkpoint
+        values = dict(tr.metrics)
+        if search:
+            loss = last_eval(tr)
+            if not math.isfinite(loss):
+                return  # a searcher needs the metric in every report; no eval yet, so no checkpoint
+            values.setdefault("eval_loss", loss)
         with tempfile.TemporaryDirectory() as d:
             tr.save_checkpoint(d)
-            _report(_metrics(loss if search else math.nan, tr.step, status="running"), d)
+            _report(metrics(tr.step, tr.n_layer, values), d)
 
     def on_progress(info: dict) -> None:
         io.write_text(io.join(out, "progress.json"), json.dumps({**info, "attempt": attempt}))
 
     def on_eval(tr: Trainer, loss: float) -> None:
-        _report(_metrics(loss, tr.step, status="running"))
+        _report(metrics(tr.step, tr.n_layer, tr.metrics))
+
+    def on_metrics(values: dict) -> None:
+        _report(metrics(trainer.step, trainer.n_layer, values))
 
     try:
         result = trainer.fit(on_checkpoint=on_checkpoint, on_progress=on_progress,
-                             on_eval=on_eval if search else None)
+                             on_eval=on_eval if search else None, on_metrics=None if search else on_metrics)
     except Exception as e:
         io.write_text(io.join(out, "error.json"), json.dumps({
             "attempt": attempt, "time": time.time(), "error": f"{type(e).__name__}: {e}",
             "traceback": traceback.format_exc(), "final": False}))
         raise
-    _report(_metrics(result.eval_loss, trainer.step, status=result.status))
+    _report(metrics(trainer.step, trainer.n_layer, trainer.metrics, result.status))

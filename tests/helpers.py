@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import struct
 import sys
 import time
 from pathlib import Path
@@ -15,10 +16,11 @@ CLI = [sys.executable, "-m", "orchestrator.cli"]
 
 
 def write_sweep(path: Path, name: str, storage: Path, steps: int = 12, checkpoint_every: int = 0,
-                log_every: int | None = None, base_data: dict | None = None, **extra) -> Path:
+                log_every: int | None = None, base_data: dict | None = None, eval_every: int | None = None,
+                **extra) -> Path:
     base = json.loads(json.dumps(TINY))
     base["data"].update(base_data or {})
-    base["train"].update(steps=steps, eval_every=steps // 2, log_every=log_every or steps // 2)
+    base["train"].update(steps=steps, eval_every=eval_every or steps // 2, log_every=log_every or steps // 2)
     spec = {
         "name": name, "storage": str(storage), "base": base,
         "grid": {"configuration": {"peak-0": {"locality": {"peak": 0.0}}, "peak-1": {"locality": {"peak": 1.0}}},
@@ -67,3 +69,21 @@ def kill_session(proc):
             return
         time.sleep(0.2)
     raise AssertionError("processes of the killed sweep are still alive")
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] from the TensorBoard event files in a folder, read with tensorboardX's
+    Event protobuf (the files are TFRecords: length, its CRC, the record, its CRC)."""
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(folder.glob("events.out.tfevents.*")):
+        data, i = f.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                if v.HasField("simple_value"):
+                    out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out

@@ -58,6 +58,12 @@ SWEEPS = [  # (id, file text, substrings the message must contain)
     ("trial-key-at-top-level", sweep_text(warmup_steps="5"), ["did you mean 'base.train.warmup_steps'"]),
     ("paper-schedule-name", sweep_text(base="{locality: {schedule: quintic}}"),
      ["locality.schedule", "(got 'quintic')", "schedule: polynomial, power: 5"]),
+    ("tracking-unknown-key", sweep_text(tracking="{mlflow: {trackng_uri: x}}"),
+     ["tracking.mlflow.trackng_uri", "unknown key"]),
+    ("tracking-unknown-tracker", sweep_text(tracking="{neptune: {}}"), ["tracking.neptune", "unknown key"]),
+    ("tracking-mlflow-file-store-on-s3", sweep_text(tracking="{mlflow: {}}",
+                                                     storage="\"s3://b/x?region=us-east-1&endpoint_override=127.0.0.1:9\""),
+     ["tracking.mlflow.tracking_uri", "required when storage is not local"]),
 ]
 
 
@@ -85,6 +91,21 @@ def test_bad_sweep_file(case, text, expected, tmp_path, capsys, no_ray, monkeypa
         assert piece in err, f"{piece!r} not in {err!r}"
     assert len(err.strip().splitlines()) <= 2, err  # one clear message, not a traceback
     assert sorted(os.listdir(tmp_path)) == before  # nothing written (no results/ folder)
+
+
+def test_tracking_package_missing(tmp_path, capsys, no_ray, monkeypatch):
+    """A configured tracker whose package is absent: exit 2 with the install line, before anything."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "w.yaml"
+    f.write_text(sweep_text(tracking="{wandb: {project: p}}"))
+    assert main(["sweep", "run", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: tracking.wandb:" in err and "pip install 'localist[wandb]'" in err
+    assert os.listdir(tmp_path) == ["w.yaml"]
 
 
 TRIALS = [

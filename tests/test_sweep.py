@@ -1,6 +1,8 @@
 """Real Ray Tune sweeps at tiny scale (local Ray on loopback, 2 CPUs): consolidated results row
 by row, dedup, status, idempotent collect, and a driver killed mid-sweep then resumed."""
 
+import contextlib
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -10,7 +12,9 @@ import pytest
 import yaml
 
 from localist.data import _kjv
-from tests.helpers import CLI, attempts, env, kill_session, wait_for, write_sweep
+from orchestrator import status
+from orchestrator.cli import main
+from tests.helpers import CLI, attempts, env, kill_session, tensorboard_scalars, wait_for, write_sweep
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -19,7 +23,8 @@ def finished(tmp_path_factory):
     corpus.write_text(_kjv()[:150_000])
     write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"},
                 description="a tiny real sweep of the tests",
-                checkpoint_every=6)  # a checkpoint makes Ray and Accelerate print their routine lines
+                checkpoint_every=6,  # a checkpoint makes Ray and Accelerate print their routine lines
+                tracking={"mlflow": {}})  # MLflow's default: a file store inside the sweep
     proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
                           timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -65,7 +70,7 @@ def test_consolidated_results_row_by_row(finished):
 
 ROUTINE = ["Removed shared tensor", "Checkpoint successfully created at", "RAY_DEDUP_LOGS", "repeated",
            "Started a local Ray instance", "Configuration for experiment", "View detailed results here",
-           "tensorboard", "Wrote the latest version of all result files", "Trial status"]
+           "To visualize your results", "Wrote the latest version of all result files", "Trial status"]
 
 
 def test_console_has_trial_progress_and_no_routine_ray_or_accelerate_lines(finished):
@@ -81,6 +86,85 @@ def test_console_has_trial_progress_and_no_routine_ray_or_accelerate_lines(finis
     for routine in ("Removed shared tensor", "Checkpoint successfully created at", "Started a local Ray instance",
                     "[peak-1__quintic__s1] step 12/12"):
         assert routine in kept, routine
+
+
+RUNS = ["peak-0__linear__s1", "peak-1__linear__s1", "peak-1__quintic__s1", "uniform-strict__s1"]
+
+
+def test_live_metrics_in_tune_tensorboard_and_mlflow(finished, monkeypatch):
+    """Every log and eval reached Tune (progress.csv, TensorBoard files in the sweep's tune/ folder,
+    hparams = the flattened config) and MLflow (one run per trial, config as params)."""
+    sweep, log = finished
+    tune_dir = sweep / "tune"
+    assert f"tensorboard --logdir {tune_dir}" in log and "To visualize your results" not in log
+    for run in RUNS:
+        progress = pd.read_csv(tune_dir / run / "progress.csv")
+        assert progress.step.tolist() == [6, 12]  # log_every = eval_every = 6 of 12 steps
+        assert progress.eval_loss.notna().all() and progress.train_loss.notna().all()
+        assert {"lr", "tokens_per_s", "tokens_seen", "layer2/in_block_mass", "layer0/entropy_bits"} <= set(progress)
+        params = json.loads((tune_dir / run / "params.json").read_text())
+        assert params["trial_id"] == run and params["model.n_layer"] == 3
+        own = pd.read_parquet(sweep / "trials" / run / "steps.parquet")
+        evals = own[own.split == "eval"]
+        scalars = tensorboard_scalars(tune_dir / run)
+        assert [s for s, _ in scalars["ray/tune/eval_loss"]] == evals.step.tolist() == [6, 12]
+        assert [v for _, v in scalars["ray/tune/eval_loss"]] == pytest.approx(evals.loss.tolist(), rel=1e-6)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"file://{sweep / 'mlflow'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == RUNS
+    for r in runs:
+        cfg = yaml.safe_load((sweep / "sweep.yaml").read_text())
+        assert r.data.params["trial_id"] == r.info.run_name and r.data.params["data.seq_len"] == "64"
+        assert r.data.params["locality.peak"] == ("0.0" if r.info.run_name.startswith("peak-0") else "1.0")
+        assert r.data.params["train.steps"] == str(cfg["base"]["train"]["steps"])
+        history = client.get_metric_history(r.info.run_id, "eval_loss")
+        assert [m.step for m in history] == [6, 12]
+        own = pd.read_parquet(sweep / "trials" / r.info.run_name / "trial.parquet").iloc[0]
+        assert history[-1].value == pytest.approx(own.eval_loss)
+
+
+def test_watch_table_and_partial_aggregate(finished, capsys):
+    """`sweep watch` renders every run; a sweep with an unfinished run aggregates as partial."""
+    import shutil
+
+    from rich.console import Console
+
+    from orchestrator import driver, watch
+    from orchestrator.spec import expand
+
+    sweep, _ = finished
+    df = status.run_states(str(sweep), expand(driver.load_saved(str(sweep)), str(sweep), check_paths=False))
+    running = df.iloc[0].to_dict() | {"run_id": "zz-running", "state": "running", "step": 7, "loss": 6.5,
+                                       "eval_loss": 6.61, "eval_step": 6, "tokens_per_s": 4321.0, "eta_s": 65.0}
+    pending = df.iloc[0].to_dict() | {"run_id": "aa-pending", "state": "pending", "step": 0, "eval_step": 0,
+                                       "eval_loss": float("nan"), "loss": float("nan"), "tokens_per_s": float("nan")}
+    frame = pd.concat([df, pd.DataFrame([running, pending])], ignore_index=True)
+    console = Console(record=True, width=80)  # a plain terminal: nothing is cut
+    console.print(watch.render(frame, "tiny", 2))
+    lines = console.export_text().splitlines()
+    assert "4/6 runs done | 1 running | 1 pending" in lines[0]
+    rows = [line for line in lines if line.split() and line.split()[0].endswith(("__s1", "-running", "-pending"))]
+    assert [r.split()[0] for r in rows][:2] == ["zz-running", "aa-pending"]  # running first
+    assert rows[0].split()[1:] == ["running", "7/12", "6.500", "6.610", "6", "4,321", "1m05s"]
+    finished_row = next(r for r in rows if "peak-1__quintic__s1" in r)
+    own = pd.read_parquet(sweep / "trials" / "peak-1__quintic__s1" / "trial.parquet").iloc[0]
+    assert finished_row.split()[1:3] == ["completed", "12/12"] and f"{own.eval_loss:.3f}" in finished_row
+    assert main(["sweep", "watch", str(sweep)]) == 0  # a finished sweep: one table, no waiting
+    assert "peak-0__linear__s1" in capsys.readouterr().out
+
+    copy = sweep.parent / "tiny-partial"
+    shutil.copytree(sweep, copy)
+    shutil.rmtree(copy / "results")
+    (copy / "trials" / "peak-1__quintic__s1" / "trial.parquet").unlink()  # as while it runs
+    assert main(["aggregate", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "PARTIAL RESULTS: 3 of 4 runs finished (1 running, 0 pending)" in out
+    assert "PARTIAL RESULTS" in (copy / "summary" / "report.html").read_text()
+    trials = pd.read_parquet(copy / "results" / "trials.parquet").set_index("trial_id")
+    assert trials.loc["peak-1__quintic__s1", "status"] == "missing"
 
 
 def test_status_and_collect_are_repeatable(finished):
@@ -110,7 +194,7 @@ def test_rerun_of_a_finished_sweep_runs_nothing(finished, tmp_path):
 
 def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     f = write_sweep(tmp_path / "crash.yaml", "crash", tmp_path / "store", steps=100, checkpoint_every=10,
-                    log_every=5)
+                    log_every=5, eval_every=20)
     sweep = tmp_path / "store" / "crash"
     proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -122,8 +206,26 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
             done = list(trials.glob("*/trial.parquet"))
             running = [p for p in trials.glob("*/progress.json")
                        if not (p.parent / "trial.parquet").exists() and 20 <= json.loads(p.read_text())["step"] <= 70]
-            return len(done) >= 1 and len(running) >= 1
+            return len(done) >= 1 and len(running) >= 1 and mid_run_eval_in_status()
+
+        def mid_run_eval_in_status():
+            """`sweep status` now shows a running trial's latest eval loss (from its partial steps.parquet)."""
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                assert main(["sweep", "status", str(sweep)]) == 0
+            rows = [line.split() for line in buf.getvalue().splitlines()[2:]]
+            live = [r for r in rows if r[2] == "running" and r[5] != "NaN"]  # run, cells, state, step, steps, eval_loss
+            if live:
+                shown.append(live[0])
+            return bool(live)
+
+        shown = []
         assert wait_for(mid_sweep, 300, proc), "the sweep never reached the middle"
+        run, _, _, step, steps, eval_loss, eval_step = shown[0][:7]
+        assert 20 <= int(eval_step) <= int(step) < int(steps) == 100 and float(eval_loss) > 0
+        partial = pd.read_parquet(sweep / "trials" / run / "steps.parquet")
+        evals = partial[partial.split == "eval"].set_index("step").loss
+        assert float(eval_loss) == pytest.approx(evals[int(eval_step)], abs=0.01)
     finally:
         kill_session(proc)
     finished_before = {p.parent.name for p in (sweep / "trials").glob("*/trial.parquet")}

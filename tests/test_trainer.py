@@ -79,6 +79,9 @@ def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, mon
     with pytest.raises(InjectedFault):
         run_trial(cfg, str(tmp_path / "faulty"), log=lambda *_: None)
     assert (tmp_path / "faulty" / "checkpoint" / "trainer_state.json").exists()
+    partial = pd.read_parquet(tmp_path / "faulty" / "steps.parquet")  # written at step 10's eval/checkpoint
+    assert not (tmp_path / "faulty" / "trial.parquet").exists()
+    assert partial.step.max() == 10 and partial[partial.split == "eval"].step.tolist() == [10]
     logs = []
     resumed = run_trial(cfg, str(tmp_path / "faulty"), log=logs.append)
     assert any("resumed from step 10" in line for line in logs)
@@ -89,6 +92,29 @@ def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, mon
     # a train-loss window that spans the checkpoint (steps 9-12) is carried across the resume
     pd.testing.assert_frame_equal(steps.drop(columns="elapsed_s"), clean_steps.drop(columns="elapsed_s"),
                                   rtol=1e-6)
+
+
+def test_metrics_at_each_log_and_eval_and_partial_files(tiny_config, tmp_path):
+    """on_metrics at log/eval steps; a checkpoint step's metrics go with the checkpoint; the last
+    step's stay on the trainer; steps/layers.parquet exist mid-run, trial.parquet only at the end."""
+    cfg = tiny_config(train={"log_every": 4, "checkpoint_every": 5})
+    trainer = Trainer(cfg, str(tmp_path), log=lambda *_: None)
+    seen = []
+
+    def on_checkpoint(tr):
+        seen.append(("checkpoint", tr.step, sorted(tr.metrics)))
+        assert (tmp_path / "steps.parquet").exists() and not (tmp_path / "trial.parquet").exists()
+
+    trainer.fit(on_checkpoint=on_checkpoint, on_metrics=lambda m: seen.append(("metrics", trainer.step, sorted(m))))
+    train = sorted(["train_loss", "lr", "tokens_per_s", "tokens_seen"])
+    evals = sorted(["eval_loss", "eval_ppl"] + [f"layer{i}/{q}" for i in range(3)
+                                                for q in ("entropy_bits", "in_block_mass")])
+    assert seen == [("metrics", 4, train), ("checkpoint", 5, []), ("metrics", 8, train), ("checkpoint", 10, evals),
+                    ("metrics", 12, train), ("checkpoint", 15, []), ("metrics", 16, train)]
+    assert sorted(trainer.metrics) == sorted(train + evals)
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    assert trainer.metrics["eval_loss"] == steps[steps.split == "eval"].loss.iloc[-1]
+    assert (tmp_path / "trial.parquet").exists()
 
 
 def test_nan_loss_stops_as_diverged(tiny_config, tmp_path, monkeypatch):

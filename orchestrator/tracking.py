@@ -1,0 +1,140 @@
+"""Experiment tracking chosen in the sweep file, through Ray Tune's own logger callbacks.
+
+    tracking:
+      mlflow: {tracking_uri: ..., experiment: ...}   # default: a file store in <sweep>/mlflow
+      wandb: {project: ..., mode: offline}           # offline unless W&B is set up on this machine
+
+Tune always writes progress.csv, result.json and TensorBoard event files under <sweep>/tune; these
+add runs in MLflow or W&B, one per trial, with the trial's flattened config as parameters. Nothing
+is imported unless configured, and a missing package is a ConfigError before Ray starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from localist import io
+from localist.config import ConfigError
+
+INSTALL = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the module Ray's callback imports
+
+
+class MLflow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str | None = None  # default: file store <sweep>/mlflow (local storage only)
+    experiment: str | None = None  # default: the sweep's name
+    tags: dict[str, str] = {}
+
+
+class Wandb(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project: str | None = None  # default: the sweep's name
+    group: str | None = None
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; default offline unless W&B is set up
+
+
+class Tracking(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mlflow: MLflow | None = None
+    wandb: Wandb | None = None
+
+
+def check(tracking: Tracking, sweep_uri: str, source: str) -> None:
+    """Every configured tracker can start: its package is installed and its store is reachable."""
+    for name, module in INSTALL.items():
+        if getattr(tracking, name) is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{source}: tracking.{name}: the {module!r} package is not installed; "
+                              f"run: pip install 'localist[{name}]' (or remove tracking.{name})")
+    if tracking.mlflow and not tracking.mlflow.tracking_uri and not io.is_local(sweep_uri):
+        raise ConfigError(f"{source}: tracking.mlflow.tracking_uri: required when storage is not local "
+                          f"({sweep_uri}); give a tracking server, e.g. http://mlflow.example:5000")
+
+
+def mlflow_uri(tracking: Tracking, sweep_uri: str) -> str:
+    if tracking.mlflow and tracking.mlflow.tracking_uri:
+        return tracking.mlflow.tracking_uri
+    return "file://" + io.resolve(io.join(sweep_uri, "mlflow"))[1]
+
+
+def _wandb_mode(configured: str | None) -> str:
+    """The spec's mode, else WANDB_MODE, else online only where W&B is set up (an API key in the
+    environment or a login in ~/.netrc), else offline."""
+    if configured or os.environ.get("WANDB_MODE"):
+        return configured or os.environ["WANDB_MODE"]
+    netrc = os.path.expanduser("~/.netrc")
+    logged_in = os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+    return "online" if os.environ.get("WANDB_API_KEY") or logged_in else "offline"
+
+
+def _finite(result: dict) -> dict:
+    """NaN marks 'not measured at this step' in our reports; trackers should not plot it."""
+    return {k: v for k, v in result.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def callbacks(tracking: Tracking, sweep_uri: str, sweep_name: str) -> list:
+    """Ray Tune logger callbacks for the configured trackers (imports only those)."""
+    out: list[Any] = []
+    if tracking.mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        class MLflowCallback(MLflowLoggerCallback):
+            def log_trial_result(self, iteration, trial, result):
+                super().log_trial_result(iteration, trial, _finite(result))
+
+        uri = mlflow_uri(tracking, sweep_uri)
+        if uri.startswith("file:"):  # MLflow 3 refuses its file store unless asked for it
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        out.append(MLflowCallback(tracking_uri=uri, experiment_name=tracking.mlflow.experiment or sweep_name,
+                                  tags=dict(tracking.mlflow.tags) or None))
+    if tracking.wandb:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        class WandbCallback(WandbLoggerCallback):
+            def log_trial_result(self, iteration, trial, result):
+                super().log_trial_result(iteration, trial, _finite(result))
+
+        w = tracking.wandb
+        kw: dict[str, Any] = {"mode": _wandb_mode(w.mode)}
+        if kw["mode"] in ("offline", "disabled"):  # Ray's callback asks for an API key unless this is set
+            os.environ["WANDB_MODE"] = kw["mode"]
+        if w.entity:
+            kw["entity"] = w.entity
+        if io.is_local(sweep_uri):
+            kw["dir"] = io.resolve(io.join(sweep_uri, "wandb"))[1]
+            os.makedirs(kw["dir"], exist_ok=True)
+        out.append(WandbCallback(project=w.project or sweep_name, group=w.group, **kw))
+    return out
+
+
+def param_space(run_cfgs: dict[str, dict]) -> dict:
+    """Tune's param space: one grid value per run, plus that run's flattened config as parameters,
+    so params.json, TensorBoard's hparams and the trackers show what each trial is."""
+    from ray import tune
+
+    from localist.config import flatten
+
+    flat = {tid: {k: (str(v) if isinstance(v, list) else v) for k, v in flatten(cfg).items()}
+            for tid, cfg in run_cfgs.items()}
+    keys = list(dict.fromkeys(k for f in flat.values() for k in f))
+    space: dict[str, Any] = {"trial_id": tune.grid_search(list(run_cfgs))}
+    for k in keys:
+        space[k] = tune.sample_from(lambda config, k=k: flat[config["trial_id"]].get(k))
+    return space
+
+
+def hints(tracking: Tracking, sweep_uri: str) -> list[str]:
+    """How to look at the sweep's live metrics, for the end of a run."""
+    lines = [f"[sweep] TensorBoard: tensorboard --logdir {io.join(sweep_uri, 'tune')}"]
+    if tracking.mlflow:
+        uri = mlflow_uri(tracking, sweep_uri)
+        env = "MLFLOW_ALLOW_FILE_STORE=true " if uri.startswith("file:") else ""
+        lines.append(f"[sweep] MLflow: {env}mlflow ui --backend-store-uri {uri}")
+    if tracking.wandb and io.is_local(sweep_uri):
+        lines.append(f"[sweep] W&B: runs under {io.join(sweep_uri, 'wandb')} (offline ones upload with `wandb sync`)")
+    return lines
