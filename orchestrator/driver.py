@@ -160,7 +160,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
     """
     trials = expand(spec, source)
     sweep_uri = sweep_uri or spec.uri
-    tracking.check(spec.tracking, sweep_uri, source)
+    tracking.prepare(spec.tracking, sweep_uri, source)
     with SweepLock(sweep_uri):
         spec_f = layout.spec_file(sweep_uri)
         text = _saved_spec(spec)

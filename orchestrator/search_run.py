@@ -18,7 +18,7 @@ import pyarrow as pa
 from localist import io
 from localist.outputs import trial_row
 from localist.config import TrialConfig
-from orchestrator import layout
+from orchestrator import layout, tracking
 from orchestrator.search import CELL_KEY, Group, Search, confirm_trials, groups, rank, with_values
 from orchestrator.spec import SweepSpec, Trial, cells
 
@@ -104,6 +104,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
+            callbacks=tracking.callbacks(spec.tracking, sweep_uri, spec.name),
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),

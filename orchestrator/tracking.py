@@ -45,8 +45,9 @@ class Tracking(BaseModel):
     wandb: Wandb | None = None
 
 
-def check(tracking: Tracking, sweep_uri: str, source: str) -> None:
-    """Every configured tracker can start: its package is installed and its store is reachable."""
+def prepare(tracking: Tracking, sweep_uri: str, source: str) -> None:
+    """Every configured tracker can start (its package is installed, its store is reachable), before
+    Ray starts; MLflow 3 refuses its file store unless allowed, also for callbacks a restore unpickles."""
     for name, module in INSTALL.items():
         if getattr(tracking, name) is not None and importlib.util.find_spec(module) is None:
             raise ConfigError(f"{source}: tracking.{name}: the {module!r} package is not installed; "
@@ -54,6 +55,8 @@ def check(tracking: Tracking, sweep_uri: str, source: str) -> None:
     if tracking.mlflow and not tracking.mlflow.tracking_uri and not io.is_local(sweep_uri):
         raise ConfigError(f"{source}: tracking.mlflow.tracking_uri: required when storage is not local "
                           f"({sweep_uri}); give a tracking server, e.g. http://mlflow.example:5000")
+    if tracking.mlflow and mlflow_uri(tracking, sweep_uri).startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 def mlflow_uri(tracking: Tracking, sweep_uri: str) -> str:
@@ -87,10 +90,7 @@ def callbacks(tracking: Tracking, sweep_uri: str, sweep_name: str) -> list:
             def log_trial_result(self, iteration, trial, result):
                 super().log_trial_result(iteration, trial, _finite(result))
 
-        uri = mlflow_uri(tracking, sweep_uri)
-        if uri.startswith("file:"):  # MLflow 3 refuses its file store unless asked for it
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        out.append(MLflowCallback(tracking_uri=uri, experiment_name=tracking.mlflow.experiment or sweep_name,
+        out.append(MLflowCallback(tracking_uri=mlflow_uri(tracking, sweep_uri), experiment_name=tracking.mlflow.experiment or sweep_name,
                                   tags=dict(tracking.mlflow.tags) or None))
     if tracking.wandb:
         from ray.air.integrations.wandb import WandbLoggerCallback
