@@ -3,6 +3,7 @@ by row, dedup, status, idempotent collect, and a driver killed mid-sweep then re
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +19,41 @@ def finished(tmp_path_factory):
     corpus = root / "corpus.txt"  # a corpus file given by a path relative to where the user is
     corpus.write_text(_kjv()[:150_000])
     write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"},
-                description="a tiny real sweep of the tests",
-                checkpoint_every=6)  # a checkpoint makes Ray and Accelerate print their routine lines
+                description="a tiny real sweep of the tests", save_model=True,
+                checkpoint_every=6)  # a checkpoint makes Ray and Accelerate print their routine lines; keep 1,
+                                     # removed when each run completes
     proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
                           timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "store" / "tiny", proc.stdout + proc.stderr
+
+
+def test_completed_runs_keep_no_checkpoints_and_saved_models_reproduce_eval_loss(finished, monkeypatch):
+    from localist.config import TrialConfig
+    from localist.model import load_localist
+    from localist.trainer import Trainer
+    from transformers import AutoTokenizer
+
+    sweep, _ = finished
+    runs = sorted(p.name for p in (sweep / "trials").iterdir())
+    tune_trials = [d for d in (sweep / "tune").iterdir() if d.name in runs]
+    assert len(tune_trials) == len(runs) == 4  # Tune kept its trial folders ...
+    assert not list((sweep / "tune").rglob("checkpoint_*"))  # ... but no checkpoint of a completed run
+    assert list((sweep / "tune").glob("experiment_state*.json"))  # its own state stays (resume needs it)
+    monkeypatch.chdir(sweep.parent.parent)  # the sweep's relative corpus path
+    for run in ("peak-1__quintic__s1", "peak-0__linear__s1"):
+        folder = sweep / "trials" / run / "model"
+        meta = json.loads((folder / "localist_trial.json").read_text())
+        cfg = TrialConfig.model_validate(meta["config"])
+        assert meta["step"] == cfg.train.steps == 12
+        trainer = Trainer(cfg, str(sweep / "scratch"), run, log=lambda *_: None)  # its eval data and locality
+        assert trainer.lambdas == meta["lambdas"]
+        want = pd.read_parquet(sweep / "trials" / run / "trial.parquet").eval_loss.iloc[0]
+        assert abs(trainer.evaluate() - want) > 0.1  # an untrained model of that config: far off
+        trainer.model = load_localist(str(folder))
+        assert trainer.evaluate() == pytest.approx(want, abs=1e-5)
+        text = "In the beginning God created the heaven and the earth."
+        assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == trainer.data.tokenizer.encode(text).ids
 
 
 def test_consolidated_results_row_by_row(finished):
@@ -85,10 +115,15 @@ def test_console_has_trial_progress_and_no_routine_ray_or_accelerate_lines(finis
 
 def test_status_and_collect_are_repeatable(finished):
     sweep, _ = finished
-    out = subprocess.run(CLI + ["sweep", "status", str(sweep)], env=env(), capture_output=True, text=True,
+    # `sweep status` stays light (well under 2 s): no torch, pandas, Ray or transformers imported
+    light = ("import sys; from orchestrator.cli import main; rc = main(['sweep', 'status', sys.argv[1]]); "
+             "print('heavy:', sorted({'torch', 'pandas', 'ray', 'transformers'} & set(sys.modules))); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", light, str(sweep)], env=env(), capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode == 0
+    assert out.returncode == 0, out.stderr
     assert "4/4 runs done" in out.stdout and "peak-0__linear__s1" in out.stdout and "completed" in out.stdout
+    assert "driver: none running (last run by pid" in out.stdout
+    assert "heavy: []" in out.stdout
     before = pd.read_parquet(sweep / "results" / "trials.parquet")
     again = subprocess.run(CLI + ["sweep", "collect", str(sweep), "--no-aggregate"], env=env(),
                            capture_output=True, text=True, timeout=60)
