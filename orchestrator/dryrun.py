@@ -72,10 +72,13 @@ def recorded_tokens_per_s(cfg, files=GPU_CHECK_FILES) -> tuple[float, str] | Non
         s = (rec.get("info") or {}).get("shape") or {}
         if (s.get("n_layer"), s.get("n_embd"), s.get("n_head"), s.get("vocab")) != shape:
             continue
-        want = "bias quintic" + (" +compile" if cfg.train.compiled_on("cuda") else "")
-        for row in (rec.get("throughput") or []) + (rec.get("trainer") or []):
-            if row.get("variant") == want and row.get("seq") == cfg.data.seq_len and row.get("tokens_per_s"):
-                return float(row["tokens_per_s"]), f"{f}: {want}, seq {row['seq']}, batch {row.get('batch')}"
+        compiled = cfg.train.compiled_on("cuda")  # the figure is a GPU's: compiled unless compile is off
+        for row in (rec.get("trainer") or []) + (rec.get("throughput") or []):
+            variant = str(row.get("variant", ""))
+            if (variant.replace(" +compile", "") == "bias quintic" and row.get("seq") == cfg.data.seq_len
+                    and row.get("compiled", "+compile" in variant) == compiled and row.get("tokens_per_s")):
+                return float(row["tokens_per_s"]), (f"{f}: bias quintic{' compiled' if compiled else ''}, "
+                                                    f"seq {row['seq']}, batch {row.get('batch')}")
     return None
 
 

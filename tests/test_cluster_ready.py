@@ -118,14 +118,16 @@ def test_dry_run_uses_a_recorded_gpu_figure_for_the_same_shape(tmp_path, monkeyp
 
     paper = Path("sweeps/paper.yaml").resolve()
     rec = {"info": {"shape": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab": 50257}},
-           "trainer": [{"variant": "vanilla", "seq": 512, "batch": 8, "tokens_per_s": 1e6},
-                       {"variant": "bias quintic", "seq": 512, "batch": 8, "tokens_per_s": 200000.0}]}
+           "trainer": [{"variant": "vanilla", "seq": 512, "batch": 8, "tokens_per_s": 1e6, "compiled": True},
+                       {"variant": "bias quintic", "seq": 512, "batch": 8, "tokens_per_s": 9e5, "compiled": False},
+                       {"variant": "bias quintic", "seq": 512, "batch": 8, "tokens_per_s": 200000.0, "compiled": True}]}
     (tmp_path / "gpu_check_out").mkdir()
     (tmp_path / "gpu_check_out" / "gpu_check.json").write_text(json.dumps(rec))
     monkeypatch.chdir(tmp_path)
     assert main(["sweep", "run", str(paper), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "time at 200,000 tokens/s per trial (gpu_check_out/gpu_check.json: bias quintic, seq 512" in out
+    # the paper trains compiled on GPUs (train.compile auto): the compiled bias-quintic figure at its seq
+    assert "time at 200,000 tokens/s per trial (gpu_check_out/gpu_check.json: bias quintic compiled, seq 512" in out
 
 
 def test_slurm_gives_every_srun_its_cpus_and_make_clean_keeps_results():
