@@ -25,6 +25,7 @@ from orchestrator.spec import SweepSpec, Trial, expand, load_saved, runs  # noqa
 
 
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
+LOG_GRACE_S = 1.5
 
 
 class _Interrupted(Exception):
@@ -295,6 +296,8 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             raise
         finally:
             tune_log.removeFilter(hint)
+            if ray.is_initialized():  # Ray forwards worker lines asynchronously: let the last ones
+                time.sleep(LOG_GRACE_S)  # ("[trial] completed ...") arrive before it shuts down
             ray.shutdown()
             quiet.close()
         code = finish(spec, trials, sweep_uri, log, aggregate)
