@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 CPU_TORCH := torch==2.13.0
 SWEEP  ?= sweeps/quick.yaml
 
-.PHONY: run test install install-test bench clean
+.PHONY: run test install install-test bench clean clean-results
 
 # Debian and Ubuntu ship Python's venv/ensurepip in a separate package; say so instead of failing obscurely.
 NO_VENV := echo "error: '$(PYTHON)' cannot create a virtual environment with pip (venv/ensurepip missing)."; \
@@ -45,5 +45,10 @@ test: $(VENV)/.test
 bench: $(VENV)/.base
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
+# `clean` never touches results (the SLURM template and `make run` keep sweeps in ./results).
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) .pytest_cache
+
+# Deletes every sweep under ./results: finished results, checkpoints and reports. Explicit on purpose.
+clean-results:
+	rm -rf results

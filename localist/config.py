@@ -76,6 +76,7 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1, description="print a progress line every N steps")
     precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a capable GPU, else fp32")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = leave as is)")
+    save_model: bool = Field(False, description="write the final model and tokenizer to OUT/model (Hugging Face folder)")
     compile: Literal["auto", "true", "false"] = Field(
         "auto", description="torch.compile the training forward and loss: auto = on for CUDA, off on CPU")
 

@@ -109,6 +109,13 @@ def read_parquet(uri: str) -> pa.Table:
     return pq.read_table(path, filesystem=fs)
 
 
+def read_parquet_rows(uri: str, columns: list[str] | None = None) -> list[dict]:
+    """A small Parquet file as rows, without pyarrow.dataset (which imports pandas: seconds)."""
+    fs, path = resolve(uri)
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).read(columns=columns).to_pylist()
+
+
 def delete(uri: str) -> None:
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
@@ -116,6 +123,15 @@ def delete(uri: str) -> None:
         fs.delete_dir(path)
     elif info.type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def upload_dir(local_dir: str, uri: str) -> None:
+    """Copy a local folder's files to uri (any filesystem), replacing what was there."""
+    fs, path = resolve(uri)
+    if exists(uri):
+        delete(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
 def probe(uri: str) -> str | None:

@@ -29,5 +29,22 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, seed: int) -> P
     return model
 
 
+MODEL_DIR = "model"  # a trial's saved model: OUT/model (trials/<run_id>/model in a sweep)
+TRIAL_FILE = "localist_trial.json"  # beside config.json: the trial config and per-layer lambdas
+
+
+def load_localist(path: str, **kwargs) -> PreTrainedModel:
+    """A saved localist model (``train.save_model``), ready to use: registers the localist
+    attention in this process, then ``AutoModelForCausalLM.from_pretrained`` with it selected.
+
+    Equivalent by hand: ``localist.attention.register()`` then ``from_pretrained(path,
+    attn_implementation="localist")``. Called without ``locality=``, the model is plain causal
+    GPT-2; pass ``locality=LocalityContext(lambdas=..., block=...)`` (lambdas are in
+    ``localist_trial.json``) to run it with the locality it was trained under.
+    """
+    register()
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation=NAME, **kwargs)
+
+
 def n_layers(model: PreTrainedModel) -> int:
     return int(model.config.num_hidden_layers)

@@ -30,7 +30,7 @@ from localist.attention import LocalityContext
 from localist.config import TrialConfig
 from localist.data import Dataset, prepare
 from localist.loss import linear_cross_entropy
-from localist.model import build_model, n_layers
+from localist.model import MODEL_DIR, TRIAL_FILE, build_model, n_layers
 from localist.schedules import layer_lambdas
 
 STATE_FILE = "trainer_state.json"
@@ -277,6 +277,22 @@ class Trainer:
         self.step_rows, self.layer_rows = state["step_rows"], state["layer_rows"]
         self.log(f"[{self.trial_id}] resumed from step {self.step}")
 
+    def save_model(self, uri: str) -> None:
+        """The trained model and its tokenizer as a Hugging Face folder (``localist.model.load_localist``),
+        with the trial config and lambdas in localist_trial.json; written locally, then copied to uri."""
+        from transformers import PreTrainedTokenizerFast
+
+        model = self.accel.unwrap_model(self.model)
+        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+        with tempfile.TemporaryDirectory() as d:
+            model.save_pretrained(d, safe_serialization=True)
+            tok = PreTrainedTokenizerFast(tokenizer_file=self.data.tokenizer_path)
+            tok.save_pretrained(d)
+            with open(os.path.join(d, TRIAL_FILE), "w") as f:
+                json.dump({"trial_id": self.trial_id, "step": self.step, "lambdas": self.lambdas,
+                           "config": self.cfg.model_dump(mode="json")}, f, indent=1)
+            io.upload_dir(d, uri)
+
     # -- the loop -------------------------------------------------------------------------------------
 
     def train_step(self) -> torch.Tensor:
@@ -433,6 +449,8 @@ class Trainer:
                for k, v in getattr(self, "eval_positions", dict.fromkeys(outputs.POSITION_GROUPS, math.nan)).items()},
             **self.speed_figures(), **self.extra,
         }
+        if self.cfg.train.save_model and status == "completed":
+            self.save_model(io.join(self.out, MODEL_DIR))  # before trial.parquet, which marks the trial done
         row = outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
                                   self.attention_rows)
         self.log(f"[{self.trial_id}] {status}: eval loss {eval_loss:.4f} ppl {summary['eval_ppl']:.2f} "

@@ -30,6 +30,8 @@ def _cmd_train(a) -> int:
         for old in ("trial.parquet", "checkpoint"):  # start afresh, never from a stale checkpoint
             io.delete(io.join(a.out, old))
     _warn(config.warnings_for(cfg))
+    if a.save_model:
+        cfg.train.save_model = True
     result = run_trial(cfg, a.out, trial_id=a.trial_id)
     return 0 if result.status == "completed" else 1
 
@@ -60,7 +62,7 @@ def _cmd_sweep_run(a) -> int:
             warned.setdefault(w, []).append(t.trial_id)
     _warn([f"{w} ({ids[0]}{f' and {len(ids) - 1} more' if len(ids) > 1 else ''})" for w, ids in warned.items()])
     if a.dry_run:
-        print(dryrun.render(sp, trials))
+        print(dryrun.render(sp, trials, tokens_per_s=a.tokens_per_s, slots=a.slots))
         return 0
     return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose)
 
@@ -72,12 +74,15 @@ def _cmd_sweep_resume(a) -> int:
 
 
 def _cmd_sweep_status(a) -> int:
-    from orchestrator import driver, status
+    from orchestrator import status
+    from orchestrator.spec import load_saved
 
-    sp = driver.load_saved(a.path)
-    df = status.run_states(a.path, status.all_trials(sp, a.path))
-    print(status.summary_line(df, driver.concurrency(sp, len(df))))
-    print(status.table(df))
+    path = a.path.rstrip("/")
+    sp = load_saved(path)
+    rows = status.run_states(path, status.all_trials(sp, path))
+    print(status.summary_line(rows, status.slots(path, sp, len(rows))))
+    print(status.driver_line(path))
+    print(status.table(rows))
     return 0
 
 
@@ -159,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="DIR", help="output folder or URI for the Parquet files")
     t.add_argument("--force", action="store_true", help="replace a finished result already in --out")
     t.add_argument("--trial-id", default="trial", help="the trial_id column of the results (default: trial)")
+    t.add_argument("--save-model", action="store_true",
+                   help="also write the final model and tokenizer to OUT/model (load: localist.model.load_localist)")
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("sweep", help="run, resume, inspect and collect sweeps",
@@ -169,6 +176,9 @@ def parser() -> argparse.ArgumentParser:
                                  "localist sweep run sweeps/paper.yaml --address auto --storage s3://bucket/sweeps"))
     r.add_argument("file", help="sweep file (YAML), e.g. sweeps/quick.yaml")
     r.add_argument("--dry-run", action="store_true", help="print the trial table and compute, start nothing")
+    r.add_argument("--tokens-per-s", type=float, metavar="N",
+                   help="with --dry-run: one trial's training throughput, for GPU-hours and wall time")
+    r.add_argument("--slots", type=int, metavar="N", help="with --dry-run: trials at a time on the cluster")
     r.add_argument("--address", help="attach to a running Ray cluster (default: start Ray locally)")
     r.add_argument("--storage", help="override the sweep's storage (path or URI such as s3://bucket/sweeps)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

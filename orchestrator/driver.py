@@ -7,6 +7,7 @@ skipped), so a crashed driver is recovered by running the same command again or 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -17,10 +18,23 @@ import yaml
 from localist import io
 from localist.config import ConfigError
 from localist.data import prepare
-from orchestrator import console, layout, status, tracking
+from orchestrator import console, layout, raycluster, status, tracking
 from orchestrator.collect import collect
 from orchestrator.lock import SweepLock
-from orchestrator.spec import SweepSpec, Trial, expand, runs, validate
+from orchestrator.spec import SweepSpec, Trial, expand, load_saved, runs  # noqa: F401 (load_saved: cli)
+
+
+EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
+LOG_GRACE_S = 1.5
+
+
+class _Interrupted(Exception):
+    """Ray Tune returned with trials unfinished (args[0]: how many)."""
+
+
+def _unfinished(grid) -> int:
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    return sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
 class StorageError(RuntimeError):
@@ -41,18 +55,13 @@ def _saved_spec(spec: SweepSpec) -> str:
 
 def same_sweep(saved_text: str, spec: SweepSpec) -> bool:
     """Equal apart from where it is stored (a sweep folder may be moved or copied)."""
-    saved = yaml.safe_load(saved_text) or {}
+    try:  # through the schema, so keys added since with their defaults compare equal
+        saved = SweepSpec.model_validate(yaml.safe_load(saved_text) or {}).model_dump(mode="json")
+    except ValueError:
+        return False
     loose = ("storage", "tracking")  # where results and metrics go does not change the sweep
     return ({k: v for k, v in saved.items() if k not in loose} ==
             {k: v for k, v in spec.model_dump(mode="json").items() if k not in loose})
-
-
-def load_saved(sweep_uri: str) -> SweepSpec:
-    """The spec a sweep was started with, from its storage (what `resume` and `collect` use)."""
-    f = layout.spec_file(sweep_uri)
-    if not io.exists(f):
-        raise ConfigError(f"{sweep_uri}: not a sweep (no sweep.yaml); give the folder <storage>/<sweep name>")
-    return validate(yaml.safe_load(io.read_text(f)), f)
 
 
 def _prepare_data(trials: list[Trial], log) -> None:
@@ -66,7 +75,8 @@ def _prepare_data(trials: list[Trial], log) -> None:
             prepare(cfg.data, tokenizer, log=log)
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, log=print) -> str:
+    """Start or attach to Ray; returns what the run is on, for messages ('local Ray', an address)."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # keep every trial's progress line
@@ -75,8 +85,10 @@ def _init_ray(address: str | None) -> None:
     # Tune's console reporter names a temporary staging folder for TensorBoard; we print the
     # sweep's own tune/ folder instead (tracking.hints), so use Tune's quiet classic output.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    address, source = raycluster.address_and_source(address)
     if address:
-        ray.init(address=address, log_to_driver=True)
+        raycluster.connect(address, source, log)
+        return f"the cluster at {address}"
     else:
         # A private local Ray that listens on loopback only.
         # A private Ray on loopback only. ray.init turns "127.0.0.1" into the machine's address,
@@ -85,6 +97,73 @@ def _init_ray(address: str | None) -> None:
         ray._private.ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, imported already
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # nothing but this machine can reach it
         ray.init(include_dashboard=False, log_to_driver=True)
+        return "the local Ray on this machine"
+
+
+def _cluster_slots(spec: SweepSpec, n_runs: int, where: str, sweep_uri: str, log) -> int:
+    """Refuse a sweep whose trial fits on no node; record how many trials run at once (for ETAs)."""
+    req = raycluster.request(spec.resources.cpu, spec.resources.gpu)
+    nodes = raycluster.node_resources()
+    raycluster.check_fits(req, nodes, where)
+    slots = raycluster.slots(req, nodes, spec.max_concurrent, n_runs)
+    io.write_text(layout.driver_file(sweep_uri), json.dumps({"slots": slots, "where": where, "time": time.time()}))
+    log(f"[sweep] {len(nodes)} node(s) on {where}: {slots} trial(s) at a time")
+    return slots
+
+
+class _ResumeHint(logging.Filter):
+    """Replaces Ray Tune's own `Tuner.restore(...)` advice with the command that fits this tool."""
+
+    def __init__(self, sweep_uri: str):
+        super().__init__()
+        self.line = resume_line(sweep_uri)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "Tuner.restore" in msg:
+            return False
+        if "Stop signal received" in msg:
+            record.msg, record.args = ("Stopping: Ray Tune saves its state (Ctrl-C again stops at once). "
+                                       f"Continue later with: {self.line}"), ()
+        return True
+
+
+def resume_line(sweep_uri: str) -> str:
+    return f"localist sweep resume {sweep_uri}"
+
+
+def _remove_checkpoints(trial_tune_dir: str) -> None:
+    for name in io.listdir(trial_tune_dir):
+        if name.startswith("checkpoint_"):
+            io.delete(io.join(trial_tune_dir, name))
+
+
+def _finished_checkpoints_removed(sweep_uri: str, trials: list[Trial]) -> None:
+    """A trial with a result is never resumed: its Tune checkpoints only cost storage."""
+    tune_dir = layout.tune_dir(sweep_uri)
+    for run_id in runs(trials):
+        if io.exists(io.join(layout.trial_dir(sweep_uri, run_id), "trial.parquet")):
+            _remove_checkpoints(io.join(tune_dir, run_id))
+
+
+def _checkpoint_cleaner():
+    """A Tune callback that removes a trial's checkpoints as soon as it completes (not on error:
+    an errored trial is retried from its checkpoint by `resume`)."""
+    from ray import tune
+
+    class RemoveFinishedCheckpoints(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            import pyarrow.fs as pafs
+
+            try:  # Tune's own view of where the trial lives, right even for a moved sweep folder
+                fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+                for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+                    if entry.base_name.startswith("checkpoint_") and entry.type == pafs.FileType.Directory:
+                        fs.delete_dir(entry.path)
+            except Exception:  # never fail the sweep over this: the pass after fit() removes them too
+                pass
+
+    return RemoveFinishedCheckpoints()
 
 
 class _Progress(threading.Thread):
@@ -119,7 +198,7 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str |
     # (with an endpoint override) and gs:// all behave alike.
     fs, path = io.resolve(tune_uri or layout.tune_dir(sweep_uri))
     parent, name = path.rstrip("/").rsplit("/", 1)
-    callbacks = tracking.callbacks(spec.tracking, sweep_uri, spec.name)
+    callbacks = tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [_checkpoint_cleaner()]
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs)
         # Tune would reuse the trackers pickled by the first run; this run's spec decides them
@@ -138,7 +217,7 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str |
             name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         ),
     )
     return tuner, False
@@ -175,17 +254,22 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             log(f"[sweep] {spec.name}: search, then {'confirm' if spec.search.confirm else 'no confirm'} -> {sweep_uri}")
         else:
             log(f"[sweep] {spec.name}: {len(trials)} results from {len(runs(trials))} runs -> {sweep_uri}")
-        _prepare_data(trials, log)
-        quiet = console.Console(sweep_uri, verbose, log)
-        _init_ray(address)
-        quiet.attach()
+        hint = _ResumeHint(sweep_uri)
+        tune_log = logging.getLogger("ray.tune.tune")  # where Tune logs its interrupt advice
+        tune_log.addFilter(hint)
+        quiet = console.Console(sweep_uri, verbose, log)  # before Ray is imported
         import ray
 
         try:
+            where = _init_ray(address, log)
+            quiet.attach()
+            slots = _cluster_slots(spec, max(len(runs(trials)), 1), where, sweep_uri, log)
+            _prepare_data(trials, log)
+
             def fit(tuner, ticked: list[Trial] | None = None):
                 ticker = None
                 if ticked:
-                    ticker = _Progress(sweep_uri, ticked, concurrency(spec, len(runs(ticked))), log, progress_every)
+                    ticker = _Progress(sweep_uri, ticked, min(slots, len(runs(ticked))), log, progress_every)
                     ticker.start()
                 try:
                     grid = tuner.fit()
@@ -196,6 +280,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
                     if ticker:
                         ticker.halt.set()
                 _storage_alive(sweep_uri)
+                unfinished = _unfinished(grid)
+                if unfinished:  # Tune stopped early (Ctrl-C, SIGUSR1) and returned as if it had finished
+                    raise _Interrupted(unfinished)
                 return grid
 
             t0 = time.time()
@@ -208,13 +295,27 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
                 if restored:
                     log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
                 _mark_final_errors(fit(tuner, trials), sweep_uri)
+            _finished_checkpoints_removed(sweep_uri, trials)
             log(f"[sweep] Ray Tune finished in {time.time() - t0:.1f}s")
             for line in tracking.hints(spec.tracking, sweep_uri):
                 log(line)
+        except _Interrupted as e:
+            log(f"[sweep] Ray Tune stopped with {e.args[0]} trial(s) unfinished; continue with: {hint.line}")
+            return EXIT_INTERRUPTED
+        except (KeyboardInterrupt, SystemExit):
+            log(f"[sweep] interrupted; continue with: {hint.line}")
+            raise
         finally:
+            tune_log.removeFilter(hint)
+            if ray.is_initialized():  # Ray forwards worker lines asynchronously: let the last ones
+                time.sleep(LOG_GRACE_S)  # ("[trial] completed ...") arrive before it shuts down
             ray.shutdown()
             quiet.close()
-        return finish(spec, trials, sweep_uri, log, aggregate)
+        code = finish(spec, trials, sweep_uri, log, aggregate)
+        errored = status.counts(status.run_states(sweep_uri, trials))["errored"]
+        if errored:
+            log(f"[sweep] {errored} run(s) failed every retry; to retry them: {hint.line}")
+        return code
 
 
 def _mark_final_errors(grid, sweep_uri: str) -> None:

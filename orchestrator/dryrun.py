@@ -1,6 +1,16 @@
-"""`sweep run --dry-run`: the trial table, dedup counts and the compute a sweep implies."""
+"""`sweep run --dry-run`: the trial table, dedup counts and what the sweep will cost.
+
+Cost is stated per run and in total: steps, tokens, FLOPs (6 x params x tokens), storage
+(checkpoints from the parameter count and keep_checkpoints, results, saved models) and, when a
+throughput is known (`--tokens-per-s`, or a figure `benchmarks/gpu_check.py` recorded for this
+model shape), trial-hours and wall time on the cluster's slots. All of it is an estimate.
+"""
 
 from __future__ import annotations
+
+import json
+import math
+import os
 
 import pandas as pd
 
@@ -21,7 +31,122 @@ def _params(cfg, vocab: int) -> int | None:
     return 12 * m.n_layer * m.n_embd**2 + (vocab + cfg.data.seq_len) * m.n_embd
 
 
-def render(spec: SweepSpec, trials: list[Trial]) -> str:
+CKPT_BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two fp32 moments (Accelerate's save_state)
+MODEL_BYTES_PER_PARAM = 4  # a saved model: fp32 safetensors
+GPU_CHECK_FILES = ("gpu_check_out/gpu_check.json", "benchmarks/gpu_check.json")
+HUB_SHAPES = {"gpt2": (12, 768, 12, 50257), "gpt2-medium": (24, 1024, 16, 50257), "gpt2-large": (36, 1280, 20, 50257)}
+
+
+def human(x: float, unit: str, base: float = 1000.0) -> str:
+    """3.2e18 FLOP -> '3.24 EFLOP'; 1.5e9 B -> '1.50 GB': never '0.00 P...'."""
+    prefixes = ["", "k", "M", "G", "T", "P", "E", "Z"]
+    i = 0
+    while abs(x) >= base and i < len(prefixes) - 1:
+        x, i = x / base, i + 1
+    return f"{x:.3g} {prefixes[i]}{unit}" if i else f"{x:,.0f} {unit}"
+
+
+def count(n: float, what: str) -> str:
+    """32_768_000 -> '32.8 million tokens' (counts in words, units with SI prefixes)."""
+    for size, word in ((1e12, "trillion"), (1e9, "billion"), (1e6, "million")):
+        if n >= size:
+            return f"{n / size:.3g} {word} {what}"
+    return f"{n:,.0f} {what}"
+
+
+def _shape(cfg) -> tuple[int, int, int, int] | None:
+    if cfg.model.name == "tiny":
+        m = cfg.model
+        return m.n_layer, m.n_embd, m.n_head, cfg.data.vocab_size
+    return HUB_SHAPES.get(cfg.model.name)
+
+
+def recorded_tokens_per_s(cfg, files=GPU_CHECK_FILES) -> tuple[float, str] | None:
+    """A GPU throughput gpu_check.py recorded for this model shape and sequence length, if any."""
+    shape = _shape(cfg)
+    for f in files:
+        if not shape or not os.path.exists(f):
+            continue
+        with open(f) as fh:
+            rec = json.load(fh)
+        s = (rec.get("info") or {}).get("shape") or {}
+        if (s.get("n_layer"), s.get("n_embd"), s.get("n_head"), s.get("vocab")) != shape:
+            continue
+        compiled = cfg.train.compiled_on("cuda")  # the figure is a GPU's: compiled unless compile is off
+        for row in (rec.get("trainer") or []) + (rec.get("throughput") or []):
+            variant = str(row.get("variant", ""))
+            if (variant.replace(" +compile", "") == "bias quintic" and row.get("seq") == cfg.data.seq_len
+                    and row.get("compiled", "+compile" in variant) == compiled and row.get("tokens_per_s")):
+                return float(row["tokens_per_s"]), (f"{f}: bias quintic{' compiled' if compiled else ''}, "
+                                                    f"seq {row['seq']}, batch {row.get('batch')}")
+    return None
+
+
+def _result_bytes(cfg) -> int:
+    """Parquet of one run: summary and attention sample (~40 kB) + step and layer rows."""
+    t = cfg.train
+    evals = math.ceil(t.steps / t.eval_every)
+    n_layer = (_shape(cfg) or (12,))[0]
+    return 40_000 + 64 * (t.steps // t.log_every + evals + n_layer * evals)
+
+
+def compute_lines(spec: SweepSpec, unique: dict, tokens_per_s: float | None = None, slots: int | None = None,
+                  tps_source: str = "--tokens-per-s") -> list[str]:
+    cfgs = list(unique.values())
+    tokens = [_tokens(c) for c in cfgs]
+    params = [_params(c, c.data.vocab_size) for c in cfgs]
+    lines = ["compute and storage (estimates):"]
+
+    def per_run(values, fmt) -> str:
+        lo, hi = min(values), max(values)
+        return fmt(lo) if lo == hi else f"{fmt(lo)} to {fmt(hi)}"
+
+    steps = [c.train.steps for c in cfgs]
+    lines.append(f"  per run: {per_run(steps, lambda v: f'{v:,} steps')}, {per_run(tokens, lambda v: count(v, 'tokens'))}"
+                 + (f", {per_run([6 * p * n for p, n in zip(params, tokens)], lambda v: human(v, 'FLOP'))}"
+                    f" (6 x {per_run(params, lambda v: count(v, 'params'))} x tokens)" if all(params) else ""))
+    total_flop = sum(6 * p * n for p, n in zip(params, tokens)) if all(params) else None
+    lines.append(f"  total: {len(cfgs)} runs, {count(sum(tokens), 'training tokens')}"
+                 + (f", {human(total_flop, 'FLOP')}" if total_flop else ""))
+    if all(params):
+        ckpt = max(params) * CKPT_BYTES_PER_PARAM
+        if any(c.train.checkpoint_every for c in cfgs):
+            held = spec.keep_checkpoints + 1  # the next one is written before the oldest is removed
+            per_trial = ckpt * held
+            at_once = f" x {slots} at a time = {human(per_trial * slots, 'B')}" if slots else ""
+            lines.append(f"  checkpoints: {human(ckpt, 'B')} each ({CKPT_BYTES_PER_PARAM} B/param: weights + AdamW);"
+                         f" at most {held} per running trial (keep_checkpoints {spec.keep_checkpoints}, +1 while the "
+                         f"next is written) = {human(per_trial, 'B')}{at_once}; none once a trial completes")
+        else:
+            lines.append("  checkpoints: none (checkpoint_every is 0: an interrupted trial restarts from step 0)")
+    results = sum(_result_bytes(c) for c in cfgs)
+    models = sum(p * MODEL_BYTES_PER_PARAM for p, c in zip(params, cfgs) if p and c.train.save_model)
+    lines.append(f"  results: about {human(results, 'B')} of Parquet"
+                 + (f" + {human(models, 'B')} of saved models (save_model)" if models else "")
+                 + f" = {human(results + models, 'B')} kept after the sweep")
+    if tokens_per_s:
+        gpus = spec.resources.gpu
+        hours = [n / tokens_per_s / 3600 for n in tokens]
+        unit = f"GPU-hours ({gpus:g} GPU per trial)" if gpus else f"CPU trial-hours ({spec.resources.cpu:g} CPU each)"
+        from orchestrator.status import duration
+
+        total_h = sum(hours)
+        lines.append(f"  time at {tokens_per_s:,.0f} tokens/s per trial ({tps_source}): "
+                     f"{per_run([h * 3600 for h in hours], duration)} per run, "
+                     f"{total_h * (gpus or 1):,.1f} {unit}")
+        counts = [slots] if slots else sorted({1, 8, 32, spec.max_concurrent or 1, len(cfgs)})
+        walls = []
+        for n in counts:
+            # runs are alike, so n slots finish ceil(runs / n) rounds of the longest run
+            waves = math.ceil(len(cfgs) / n)
+            walls.append(f"{duration(max(max(hours) * 3600 * waves, total_h * 3600 / n))} on {n} slot{'s' * (n > 1)}")
+        lines.append("  wall time: " + ", ".join(walls))
+    else:
+        lines.append("  time: give --tokens-per-s N (one trial's training throughput) for GPU-hours and wall time")
+    return lines
+
+
+def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = None, slots: int | None = None) -> str:
     rows = []
     for t in trials:
         c = t.config
@@ -41,9 +166,11 @@ def render(spec: SweepSpec, trials: list[Trial]) -> str:
         return "\n".join([f"sweep {spec.name!r} -> {spec.uri}", cells.to_string(index=False), "", *describe(spec),
                           f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU"])
     unique = runs(trials)
-    tokens = {k: _tokens(v) for k, v in unique.items()}
-    total = sum(tokens.values())
-    flops = [6 * (_params(v, v.data.vocab_size) or 0) * tokens[k] for k, v in unique.items()]
+    source = "--tokens-per-s"
+    if not tokens_per_s:
+        found = recorded_tokens_per_s(next(iter(unique.values())))
+        if found:
+            tokens_per_s, source = found
     n_cells = len([t for t in trials if not t.comparator])
     n_comp = len(trials) - n_cells
     lines = [
@@ -52,11 +179,7 @@ def render(spec: SweepSpec, trials: list[Trial]) -> str:
         "",
         f"results: {len(trials)} ({n_cells} grid cells x seeds + {n_comp} comparator trials)",
         f"runs after dedup: {len(unique)} ({len(trials) - len(unique)} deduplicated: identical effective configs)",
-        f"per run: {next(iter(unique.values())).train.steps} steps x {_tokens(next(iter(unique.values()))):,} tokens"
-        if len({_tokens(v) for v in unique.values()}) == 1 else "per run: varies",
-        f"total: {total:,} training tokens"
-        + (f", about {sum(flops) / 1e15:.2f} PFLOP (6 x params x tokens)" if all(flops) else ""),
         f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU;"
         f" max concurrent: {spec.max_concurrent or 'as resources allow'}; retries: {spec.retries}",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + compute_lines(spec, unique, tokens_per_s, slots or spec.max_concurrent, source))

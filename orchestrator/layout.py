@@ -2,6 +2,8 @@
 
 <storage>/<sweep>/
   sweep.yaml                 the validated spec the sweep was started with (resume reads it)
+  driver.json                the cluster the last driver ran on and its trial slots (status's ETA)
+  .driver.lock               held by the running driver (status says whether one is alive)
   trials/<run_id>/           one trial's trial/steps/layers/attention.parquet, progress.json,
                              attempts/*.json (one per start) and error.json (last failure)
   tune/                      Ray Tune's experiment state and checkpoints; per trial its live metrics
@@ -30,6 +32,11 @@ def spec_file(sweep_uri: str) -> str:
 
 def tune_dir(sweep_uri: str) -> str:
     return io.join(sweep_uri, "tune")
+
+
+def driver_file(sweep_uri: str) -> str:
+    """What the current (or last) driver found: the cluster and how many trials run at once."""
+    return io.join(sweep_uri, "driver.json")
 
 
 def results_dir(sweep_uri: str) -> str:

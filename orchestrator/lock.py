@@ -92,6 +92,33 @@ class SweepLock:
             except OSError:
                 pass
 
+    def holder(self) -> tuple[bool, str]:
+        """Whether a driver holds this sweep now, and who: read without taking the lock.
+
+        Local storage: a non-blocking shared flock is tried and dropped at once (the kernel's lock
+        is the truth; a pid may have been reused).
+        Object stores: the lease's heartbeat is younger than LEASE_S.
+        """
+        if not io.exists(self.uri):
+            return False, "no driver has run it from this storage"
+        try:
+            h = json.loads(io.read_text(self.uri))
+            who = f"pid {h['pid']} on {h['host']}"
+        except (OSError, ValueError, KeyError):
+            h, who = {}, "a driver"
+        if not io.is_local(self.uri):
+            age = time.time() - h.get("heartbeat", 0)
+            return age < LEASE_S, f"{who}, lease renewed {age:.0f} s ago"
+        fd = os.open(io.resolve(self.uri)[1], os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False, f"last run by {who}"
+        except BlockingIOError:
+            return True, who
+        finally:
+            os.close(fd)
+
     def __enter__(self) -> "SweepLock":
         return self.acquire()
 

@@ -66,6 +66,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from orchestrator.driver import _checkpoint_cleaner
     from orchestrator.trainable import search_trial
 
     search: Search = spec.search
@@ -104,9 +105,10 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
-            callbacks=tracking.callbacks(spec.tracking, sweep_uri, spec.name),
+            # a finished or stopped search trial is never resumed: the cleaner drops its checkpoints
+            callbacks=tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [_checkpoint_cleaner()],
             failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         ),
     )
     return tuner, False

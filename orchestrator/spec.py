@@ -23,7 +23,7 @@ from orchestrator import search as search_section
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SPEC_KEYS = ["name", "description", "base", "grid", "comparators", "resources", "max_concurrent", "storage",
-             "retries", "checkpoint_every", "search", "tracking"]
+             "retries", "checkpoint_every", "keep_checkpoints", "save_model", "search", "tracking"]
 
 
 class Resources(BaseModel):
@@ -44,6 +44,8 @@ class SweepSpec(BaseModel):
     storage: str = "./results"
     retries: int = Field(2, ge=0)
     checkpoint_every: int = Field(0, ge=0, description="steps between trial checkpoints (0 = none)")
+    keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept per running trial (a finished trial keeps none)")
+    save_model: bool = Field(False, description="each run writes its final model as a Hugging Face folder")
     search: search_section.Search | None = Field(None, description="sample settings, then confirm the best")
     tracking: Tracking = Field(default_factory=Tracking, description="MLflow / W&B runs (orchestrator.tracking)")
 
@@ -177,6 +179,19 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Sw
     return validate(raw, str(path))
 
 
+def load_saved(sweep_uri: str) -> SweepSpec:
+    """The spec a sweep was started with, from its storage (what `resume`, `status` and `collect` use)."""
+    import yaml
+
+    from localist import io
+    from orchestrator import layout
+
+    f = layout.spec_file(sweep_uri)
+    if not io.exists(f):
+        raise ConfigError(f"{sweep_uri}: not a sweep (no sweep.yaml); give the folder <storage>/<sweep name>")
+    return validate(yaml.safe_load(io.read_text(f)), f)
+
+
 @dataclass
 class Cell:
     """One grid cell or comparator: its name, coordinates and merged (partial) trial tree."""
@@ -214,6 +229,8 @@ def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, check_paths:
     tree["seed"] = seed
     if spec.checkpoint_every:
         tree.setdefault("train", {})["checkpoint_every"] = spec.checkpoint_every
+    if spec.save_model:
+        tree.setdefault("train", {})["save_model"] = True
     try:
         cfg = build(tree, source, prefix="", check_paths=check_paths)
     except ConfigError as e:

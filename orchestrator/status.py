@@ -1,16 +1,20 @@
-"""What each run of a sweep is doing, read from the files trials write (works during and after)."""
+"""What each run of a sweep is doing, read from the files trials write (works during and after).
+
+Plain lists of dicts, no pandas: `localist sweep status` is asked often and should answer in
+well under two seconds, so it imports only pyarrow (to read each run's trial.parquet).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
-
-import pandas as pd
 
 from localist import io
 from orchestrator import layout
 from orchestrator.spec import Trial
 
+STATUS_COLUMNS = ["status", "final_step", "eval_loss", "eval_ppl", "tokens_per_s", "wall_s", "node_id", "error"]
 STATES = ("completed", "diverged", "stopped", "errored", "running", "retrying", "pending")
 
 
@@ -21,7 +25,7 @@ def _json(uri: str) -> dict | None:
         return None
 
 
-def run_states(sweep_uri: str, trials: list[Trial]) -> pd.DataFrame:
+def run_states(sweep_uri: str, trials: list[Trial]) -> list[dict]:
     rows = []
     stands_for: dict[str, int] = {}
     for t in trials:
@@ -37,7 +41,7 @@ def run_states(sweep_uri: str, trials: list[Trial]) -> pd.DataFrame:
         names = io.listdir(d)
         row["attempts"] = len(io.listdir(io.join(d, "attempts"))) if "attempts" in names else 0
         if "trial.parquet" in names:
-            r = io.read_parquet(io.join(d, "trial.parquet")).to_pylist()[0]
+            r = io.read_parquet_rows(io.join(d, "trial.parquet"), STATUS_COLUMNS)[0]
             row.update(state=r["status"], step=r["final_step"], eval_ppl=r["eval_ppl"], wall_s=r["wall_s"],
                        node=(r.get("node_id") or "")[:8], error=r.get("error") or "", eval_loss=r["eval_loss"],
                        eval_step=r["final_step"], tokens_per_s=r["tokens_per_s"], eta_s=0.0)
@@ -60,7 +64,7 @@ def run_states(sweep_uri: str, trials: list[Trial]) -> pd.DataFrame:
             elif row["attempts"]:
                 row["state"] = "running"
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def _latest_eval(steps_uri: str) -> dict:
@@ -75,43 +79,90 @@ def _latest_eval(steps_uri: str) -> dict:
     return {"eval_loss": last["loss"], "eval_ppl": last["ppl"], "eval_step": last["step"]}
 
 
-def counts(df: pd.DataFrame) -> dict[str, int]:
-    return {s: int((df["state"] == s).sum()) for s in STATES}
+def counts(rows: list[dict]) -> dict[str, int]:
+    return {s: sum(r["state"] == s for r in rows) for s in STATES}
 
 
-def eta_seconds(df: pd.DataFrame, concurrency: int) -> float | None:
-    """Remaining time: mean wall time of finished runs x runs left / concurrency."""
-    finished = df[df["state"].isin(["completed", "diverged"])]
-    if finished.empty:
+def duration(seconds: float) -> str:
+    """'2d 03h', '5h 07m', '12m 05s', '40s': days never wrap (a paper sweep runs for days)."""
+    s = int(round(max(seconds, 0.0)))
+    d, rest = divmod(s, 86400)
+    h, rest = divmod(rest, 3600)
+    m, sec = divmod(rest, 60)
+    if d:
+        return f"{d}d {h:02d}h"
+    if h:
+        return f"{h}h {m:02d}m"
+    return f"{m}m {sec:02d}s" if m else f"{sec}s"
+
+
+def slots(sweep_uri: str, spec, n_runs: int) -> int:
+    """Trials at a time: what the last driver found on its cluster (driver.json); else this
+    machine's CPUs over one trial's CPUs (a sweep not started yet, or started before driver.json)."""
+    info = _json(layout.driver_file(sweep_uri))
+    if info and info.get("slots"):
+        return int(info["slots"])
+    by_cpu = int((os.cpu_count() or 1) // spec.resources.cpu) or 1
+    return max(1, min(n_runs, spec.max_concurrent or n_runs, by_cpu))
+
+
+def eta_seconds(rows: list[dict], concurrency: int) -> float | None:
+    """Remaining time: median wall time of finished runs x the work left / trials at a time.
+
+    The work left counts a running run by the fraction of its steps still to do; with fewer runs
+    left than slots, the longest remaining run decides.
+    """
+    walls = sorted(r["wall_s"] for r in rows if r["state"] in ("completed", "diverged"))
+    if not walls:
         return None
-    left = int((~df["state"].isin(["completed", "diverged", "stopped", "errored"])).sum())
-    return float(finished["wall_s"].mean()) * left / max(concurrency, 1)
+    median = (walls[(len(walls) - 1) // 2] + walls[len(walls) // 2]) / 2
+    active = [r for r in rows if r["state"] not in ("completed", "diverged", "stopped", "errored")]
+    if not active:
+        return None
+    left = [1.0 - min(max(r["step"] / r["steps"], 0.0), 1.0) for r in active]
+    return median * max(sum(left) / max(concurrency, 1), max(left))
 
 
-def summary_line(df: pd.DataFrame, concurrency: int, started: float | None = None) -> str:
-    c = counts(df)
+def summary_line(rows: list[dict], concurrency: int, started: float | None = None) -> str:
+    c = counts(rows)
     done = c["completed"] + c["diverged"] + c["stopped"]
-    parts = [f"{done}/{len(df)} runs done", f"{c['running']} running", f"{c['pending']} pending"]
+    parts = [f"{done}/{len(rows)} runs done", f"{c['running']} running", f"{c['pending']} pending"]
     if c["retrying"]:
         parts.append(f"{c['retrying']} retrying")
     if c["errored"] or c["diverged"]:
         parts.append(f"{c['errored']} errored, {c['diverged']} diverged")
     if c["stopped"]:
         parts.append(f"{c['stopped']} stopped early")
-    eta = eta_seconds(df, concurrency)
-    if eta is not None and done < len(df):
-        parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+    eta = eta_seconds(rows, concurrency)
+    if eta is not None and done < len(rows):
+        parts.append(f"ETA {duration(eta)} ({concurrency} at a time)")
     if started:
-        parts.append(f"elapsed {time.strftime('%H:%M:%S', time.gmtime(time.time() - started))}")
+        parts.append(f"elapsed {duration(time.time() - started)}")
     return " | ".join(parts)
 
 
-def table(df: pd.DataFrame) -> str:
+def driver_line(sweep_uri: str) -> str:
+    from orchestrator.lock import SweepLock
+
+    alive, who = SweepLock(sweep_uri).holder()
+    return f"driver: running ({who})" if alive else f"driver: none running ({who})"
+
+
+def table(rows: list[dict]) -> str:
+    """One line per run, columns aligned (numbers right, text left)."""
     cols = ["run_id", "cells", "state", "step", "steps", "eval_loss", "eval_step", "eval_ppl", "attempts", "wall_s",
             "node", "error"]
-    show = df[cols].copy()
-    show["error"] = show["error"].str.slice(0, 60)
-    return show.to_string(index=False, float_format=lambda x: f"{x:.2f}")
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "NaN" if v != v else f"{v:.2f}"
+        return str(v)
+
+    cells = [[cell(r[c])[:60] for c in cols] for r in rows]
+    width = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(cols)]
+    numeric = [bool(rows) and isinstance(rows[0][c], (int, float)) for c in cols]
+    fmt = lambda line: "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(line, width, numeric)).rstrip()
+    return "\n".join([fmt(cols)] + [fmt(line) for line in cells])
 
 
 def collect_unfinished(sweep_uri: str) -> str | None:
@@ -127,23 +178,24 @@ def collect_unfinished(sweep_uri: str) -> str | None:
     trials = driver.trials_of(spec, sweep_uri, sweep_uri, check_paths=False)
     if not trials:  # a search that has not chosen what to confirm yet: nothing to summarise
         return None
-    df = run_states(sweep_uri, trials)
-    c = counts(df)
+    rows = run_states(sweep_uri, trials)
+    c = counts(rows)
     open_runs = c["running"] + c["retrying"] + c["pending"]
     if not open_runs:
         return None
     collect(spec, trials, sweep_uri)
-    return (f"{len(df) - open_runs} of {len(df)} runs finished ({c['running']} running, {c['pending']} pending); "
+    return (f"{len(rows) - open_runs} of {len(rows)} runs finished ({c['running']} running, {c['pending']} pending); "
             "unfinished runs are left out")
 
 
 def all_trials(spec, sweep_uri: str) -> list[Trial]:
-    """Every run `status` and `watch` show: a search's trials, then the grid or confirmation."""
-    from orchestrator import driver
+    """Every run `status` and `watch` show: a search's trials, then the grid or confirmation.
+    A plain sweep needs only its spec (status stays light: no driver, torch or Ray imports)."""
+    if not spec.search:
+        from orchestrator.spec import expand
 
-    trials = driver.trials_of(spec, sweep_uri, sweep_uri, check_paths=False)
-    if spec.search:
-        from orchestrator.search_run import search_trials
+        return expand(spec, sweep_uri, check_paths=False)
+    from orchestrator.driver import trials_of
+    from orchestrator.search_run import search_trials
 
-        trials = search_trials(spec, sweep_uri) + trials
-    return trials
+    return search_trials(spec, sweep_uri) + trials_of(spec, sweep_uri, sweep_uri, check_paths=False)

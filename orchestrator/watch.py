@@ -10,7 +10,6 @@ import math
 import sys
 import time
 
-import pandas as pd
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -34,38 +33,33 @@ def _num(x, fmt: str) -> str:
 
 
 def _eta(state: str, eta_s) -> str:
-    """'done', or a short duration: 42s, 5m07s, 3h12m."""
+    """'done', or a short duration (status.duration: 42s, 5m 07s, 3h 12m)."""
     if state in FINAL:
         return "done"
     secs = _num(eta_s, ".0f")
-    if not secs:
-        return ""
-    m, sec = divmod(int(secs), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+    return status.duration(float(secs)) if secs else ""
 
 
-def render(df: pd.DataFrame, title: str, concurrency: int, started: float | None = None) -> Group:
+def render(rows: list[dict], title: str, concurrency: int, started: float | None = None) -> Group:
     """One frame: the summary line, then one row per run (running first, then pending, then finished):
     step/steps, latest train loss, latest eval loss and the step it was taken at, tokens/s, ETA."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)  # fits 80 columns
-    widest = int(df["run_id"].str.len().max()) if len(df) else 3
+    widest = max((len(r["run_id"]) for r in rows), default=3)
     table.add_column("run", no_wrap=True, min_width=widest)  # the name is the last thing to shorten
     table.add_column("state", no_wrap=True, min_width=9)
     for name in ["step", "loss", "eval", "at", "tok/s", "ETA"]:
         table.add_column(name, justify="right", no_wrap=True)
-    rows = df.assign(_o=df["state"].map(ORDER)).sort_values(["_o", "run_id"], kind="stable")
-    for r in rows.itertuples(index=False):
+    for r in sorted(rows, key=lambda r: (ORDER.get(r["state"], 9), r["run_id"])):
         table.add_row(
-            r.run_id, Text(r.state, style=STYLE.get(r.state, "")), f"{r.step}/{r.steps}",
-            _num(r.loss, ".3f"), _num(r.eval_loss, ".3f"), str(r.eval_step or ""),
-            _num(r.tokens_per_s, ",.0f"), _eta(r.state, r.eta_s))
-    return Group(Text(status.summary_line(df, concurrency, started)), table)
+            r["run_id"], Text(r["state"], style=STYLE.get(r["state"], "")), f"{r['step']}/{r['steps']}",
+            _num(r["loss"], ".3f"), _num(r["eval_loss"], ".3f"), str(r["eval_step"] or ""),
+            _num(r["tokens_per_s"], ",.0f"), _eta(r["state"], r["eta_s"]))
+    return Group(Text(status.summary_line(rows, concurrency, started)), table)
 
 
-def finished(df: pd.DataFrame) -> bool:
-    return bool(df["state"].isin(FINAL).all())
+def finished(rows: list[dict]) -> bool:
+    return all(r["state"] in FINAL for r in rows)
 
 
 def watch(sweep_uri: str, every: float = 2.0, once: bool = False, console: Console | None = None) -> int:
@@ -76,8 +70,8 @@ def watch(sweep_uri: str, every: float = 2.0, once: bool = False, console: Conso
     console = console or Console(width=None if sys.stdout.isatty() else 160)  # piped: don't cut at 80
 
     def frame() -> tuple[Group, bool]:
-        df = status.run_states(sweep_uri, status.all_trials(spec, sweep_uri))  # a search adds trials
-        return render(df, f"{spec.name}  {sweep_uri}", driver.concurrency(spec, len(df))), finished(df)
+        rows = status.run_states(sweep_uri, status.all_trials(spec, sweep_uri))  # a search adds trials
+        return render(rows, f"{spec.name}  {sweep_uri}", status.slots(sweep_uri, spec, len(rows))), finished(rows)
 
     view, done = frame()
     if once or done:

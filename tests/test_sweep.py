@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,13 +23,42 @@ def finished(tmp_path_factory):
     corpus = root / "corpus.txt"  # a corpus file given by a path relative to where the user is
     corpus.write_text(_kjv()[:150_000])
     write_sweep(root / "tiny.yaml", "tiny", Path("store"), base_data={"corpus": "corpus.txt"},
-                description="a tiny real sweep of the tests",
-                checkpoint_every=6,  # a checkpoint makes Ray and Accelerate print their routine lines
+                description="a tiny real sweep of the tests", save_model=True,
+                checkpoint_every=6,  # a checkpoint makes Ray and Accelerate print their routine lines; keep 1,
+                                     # removed when each run completes
                 tracking={"mlflow": {}})  # MLflow's default: a file store inside the sweep
     proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
                           timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "store" / "tiny", proc.stdout + proc.stderr
+
+
+def test_completed_runs_keep_no_checkpoints_and_saved_models_reproduce_eval_loss(finished, monkeypatch):
+    from localist.config import TrialConfig
+    from localist.model import load_localist
+    from localist.trainer import Trainer
+    from transformers import AutoTokenizer
+
+    sweep, _ = finished
+    runs = sorted(p.name for p in (sweep / "trials").iterdir())
+    tune_trials = [d for d in (sweep / "tune").iterdir() if d.name in runs]
+    assert len(tune_trials) == len(runs) == 4  # Tune kept its trial folders ...
+    assert not list((sweep / "tune").rglob("checkpoint_*"))  # ... but no checkpoint of a completed run
+    assert list((sweep / "tune").glob("experiment_state*.json"))  # its own state stays (resume needs it)
+    monkeypatch.chdir(sweep.parent.parent)  # the sweep's relative corpus path
+    for run in ("peak-1__quintic__s1", "peak-0__linear__s1"):
+        folder = sweep / "trials" / run / "model"
+        meta = json.loads((folder / "localist_trial.json").read_text())
+        cfg = TrialConfig.model_validate(meta["config"])
+        assert meta["step"] == cfg.train.steps == 12
+        trainer = Trainer(cfg, str(sweep / "scratch"), run, log=lambda *_: None)  # its eval data and locality
+        assert trainer.lambdas == meta["lambdas"]
+        want = pd.read_parquet(sweep / "trials" / run / "trial.parquet").eval_loss.iloc[0]
+        assert abs(trainer.evaluate() - want) > 0.1  # an untrained model of that config: far off
+        trainer.model = load_localist(str(folder))
+        assert trainer.evaluate() == pytest.approx(want, abs=1e-5)
+        text = "In the beginning God created the heaven and the earth."
+        assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == trainer.data.tokenizer.encode(text).ids
 
 
 def test_consolidated_results_row_by_row(finished):
@@ -136,20 +166,20 @@ def test_watch_table_and_partial_aggregate(finished, capsys):
     from orchestrator.spec import expand
 
     sweep, _ = finished
-    df = status.run_states(str(sweep), expand(driver.load_saved(str(sweep)), str(sweep), check_paths=False))
-    running = df.iloc[0].to_dict() | {"run_id": "zz-running", "state": "running", "step": 7, "loss": 6.5,
+    rows = status.run_states(str(sweep), expand(driver.load_saved(str(sweep)), str(sweep), check_paths=False))
+    running = rows[0] | {"run_id": "zz-running", "state": "running", "step": 7, "loss": 6.5,
                                        "eval_loss": 6.61, "eval_step": 6, "tokens_per_s": 4321.0, "eta_s": 65.0}
-    pending = df.iloc[0].to_dict() | {"run_id": "aa-pending", "state": "pending", "step": 0, "eval_step": 0,
+    pending = rows[0] | {"run_id": "aa-pending", "state": "pending", "step": 0, "eval_step": 0,
                                        "eval_loss": float("nan"), "loss": float("nan"), "tokens_per_s": float("nan")}
-    frame = pd.concat([df, pd.DataFrame([running, pending])], ignore_index=True)
+    frame = rows + [running, pending]
     console = Console(record=True, width=80)  # a plain terminal: nothing is cut
     console.print(watch.render(frame, "tiny", 2))
     lines = console.export_text().splitlines()
     assert "4/6 runs done | 1 running | 1 pending" in lines[0]
-    rows = [line for line in lines if line.split() and line.split()[0].endswith(("__s1", "-running", "-pending"))]
-    assert [r.split()[0] for r in rows][:2] == ["zz-running", "aa-pending"]  # running first
-    assert rows[0].split()[1:] == ["running", "7/12", "6.500", "6.610", "6", "4,321", "1m05s"]
-    finished_row = next(r for r in rows if "peak-1__quintic__s1" in r)
+    shown = [line for line in lines if line.split() and line.split()[0].endswith(("__s1", "-running", "-pending"))]
+    assert [r.split()[0] for r in shown][:2] == ["zz-running", "aa-pending"]  # running first
+    assert shown[0].split()[1:] == ["running", "7/12", "6.500", "6.610", "6", "4,321", "1m", "05s"]
+    finished_row = next(r for r in shown if "peak-1__quintic__s1" in r)
     own = pd.read_parquet(sweep / "trials" / "peak-1__quintic__s1" / "trial.parquet").iloc[0]
     assert finished_row.split()[1:3] == ["completed", "12/12"] and f"{own.eval_loss:.3f}" in finished_row
     assert main(["sweep", "watch", str(sweep)]) == 0  # a finished sweep: one table, no waiting
@@ -169,10 +199,15 @@ def test_watch_table_and_partial_aggregate(finished, capsys):
 
 def test_status_and_collect_are_repeatable(finished):
     sweep, _ = finished
-    out = subprocess.run(CLI + ["sweep", "status", str(sweep)], env=env(), capture_output=True, text=True,
+    # `sweep status` stays light (well under 2 s): no torch, pandas, Ray or transformers imported
+    light = ("import sys; from orchestrator.cli import main; rc = main(['sweep', 'status', sys.argv[1]]); "
+             "print('heavy:', sorted({'torch', 'pandas', 'ray', 'transformers'} & set(sys.modules))); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", light, str(sweep)], env=env(), capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode == 0
+    assert out.returncode == 0, out.stderr
     assert "4/4 runs done" in out.stdout and "peak-0__linear__s1" in out.stdout and "completed" in out.stdout
+    assert "driver: none running (last run by pid" in out.stdout
+    assert "heavy: []" in out.stdout
     before = pd.read_parquet(sweep / "results" / "trials.parquet")
     again = subprocess.run(CLI + ["sweep", "collect", str(sweep), "--no-aggregate"], env=env(),
                            capture_output=True, text=True, timeout=60)

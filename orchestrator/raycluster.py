@@ -1,0 +1,112 @@
+"""Connecting the driver to Ray and asking what the cluster can run, before any trial starts.
+
+Ray's own `ray.init(address=...)` retries an address that does not answer forever, and Tune
+keeps a trial whose resources no node has "pending" forever; both look like a slow start to a
+user. Here both become an exit-2 error within a minute that names the address or the resource.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import threading
+import time
+
+from localist.config import ConfigError
+
+CONNECT_TIMEOUT_S = 45.0  # whole attach; with imports and validation the command ends within a minute
+PROBE_S = 6.0  # a refused port is retried this long (a head that is just starting)
+
+
+def address_and_source(address: str | None) -> tuple[str | None, str]:
+    """The cluster to attach to and where that came from ('--address' or 'RAY_ADDRESS')."""
+    if address:
+        return address, "--address"
+    env = os.environ.get("RAY_ADDRESS")
+    return (env, "RAY_ADDRESS") if env else (None, "")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """host and port of 'host:port' or 'ray://host:port'; None for 'auto' and the like."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe(address: str, source: str, timeout_s: float = PROBE_S) -> None:
+    """Refuse at once when nothing listens at host:port (Ray would retry it forever)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(hp, timeout=min(5.0, max(deadline - time.time(), 0.5))):
+                return
+        except OSError as e:
+            if time.time() >= deadline or isinstance(e, socket.gaierror):
+                raise ConfigError(f"cannot reach the Ray cluster at {address} (from {source}): {e}. "
+                                  "Check that the head is running and the address and port are right"
+                                  + (", or unset RAY_ADDRESS to start a local Ray" if source == "RAY_ADDRESS" else "")
+                                  ) from None
+            time.sleep(1.0)
+
+
+def connect(address: str, source: str, log) -> None:
+    """ray.init(address) that gives up within CONNECT_TIMEOUT_S with exit 2 instead of hanging."""
+    import ray
+
+    t0 = time.time()
+    probe(address, source)
+    done = threading.Event()
+
+    def give_up() -> None:
+        if not done.wait(CONNECT_TIMEOUT_S - (time.time() - t0)):
+            sys.stderr.write(f"error: the Ray cluster at {address} (from {source}) accepts connections but did "
+                             f"not answer as a Ray head within {CONNECT_TIMEOUT_S:.0f} s; is that the head's "
+                             "GCS port (default 6379)?\n")
+            sys.stderr.flush()
+            os._exit(2)  # ray.init cannot be interrupted from another thread
+
+    threading.Thread(target=give_up, daemon=True).start()
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except ConnectionError as e:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address} (from {source}): {e}") from None
+    finally:
+        done.set()
+    log(f"[sweep] attached to the Ray cluster at {address} (from {source})")
+
+
+def request(cpu: float, gpu: float) -> dict[str, float]:
+    """One trial's resources in Ray's names (what `resources:` in the sweep file asks for)."""
+    return {k: v for k, v in {"CPU": cpu, "GPU": gpu}.items() if v > 0}
+
+
+def node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_fits(req: dict[str, float], nodes: list[dict[str, float]], where: str) -> None:
+    """Exit 2 (ConfigError) unless some single node has every resource one trial asks for."""
+    if any(all(n.get(k, 0.0) >= v for k, v in req.items()) for n in nodes):
+        return
+    short = [k for k, v in req.items() if max((n.get(k, 0.0) for n in nodes), default=0.0) < v] or list(req)
+    has = "; ".join(f"{k}: largest node has {max((n.get(k, 0.0) for n in nodes), default=0.0):g}, "
+                    f"cluster total {sum(n.get(k, 0.0) for n in nodes):g}" for k in short)
+    asked = ", ".join(f"{v:g} {k}" for k, v in req.items())
+    raise ConfigError(f"resources: one trial asks for {asked}, but no node of {where} ({len(nodes)} node"
+                      f"{'s' if len(nodes) != 1 else ''}) has that ({has}). Lower `resources:` in the sweep "
+                      "file, or run on a cluster with such nodes (--address)")
+
+
+def slots(req: dict[str, float], nodes: list[dict[str, float]], max_concurrent: int | None, n_runs: int) -> int:
+    """How many trials can run at once: per node, the scarcest resource decides; then the caps."""
+    per_node = sum(min(math.floor(n.get(k, 0.0) / v + 1e-9) for k, v in req.items()) if req else 1 for n in nodes)
+    return max(1, min(per_node or 1, max_concurrent or n_runs, n_runs))
