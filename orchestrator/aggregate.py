@@ -254,7 +254,9 @@ def _baseline_values(vals: pd.DataFrame, cells: pd.DataFrame, sched_rank: dict) 
     base_cells = cells.index[cells["is_baseline"]]
     base = vals[vals["cell"].isin(base_cells)].copy()
     base["_rank"] = base["schedule"].map(lambda s: sched_rank.get(s, len(sched_rank)))
-    by_sched = {s: dict(zip(g["seed"], g["value"])) for s, g in base.groupby("schedule", dropna=False)}
+    # a grid without a schedule axis has null schedules: one key (None) however pandas spells them
+    by_sched = {None if _null(s) else s: dict(zip(g["seed"], g["value"]))
+                for s, g in base.groupby("schedule", dropna=False)}
     first = base.sort_values(["_rank", "seed"]).drop_duplicates("seed")
     return by_sched, dict(zip(first["seed"], first["value"]))
 
@@ -276,7 +278,7 @@ def metrics_present(trials: pd.DataFrame) -> list[str]:
 def cell_statistics(trials: pd.DataFrame, cells: pd.DataFrame, bootstrap: bool = True) -> pd.DataFrame:
     """The long cells table: per cell and metric, seed statistics and paired comparisons."""
     sched_rank = {s: i for i, s in enumerate(schedule_order(trials["schedule"].unique()))}
-    base_schedules = set(cells.loc[cells["is_baseline"], "schedule"])
+    base_schedules = {None if _null(s) else s for s in cells.loc[cells["is_baseline"], "schedule"]}
     groups = dict(tuple(trials.groupby("cell")))
     usable = trials[trials["status"] == "completed"]
     rows = []
@@ -300,8 +302,9 @@ def cell_statistics(trials: pd.DataFrame, cells: pd.DataFrame, bootstrap: bool =
                 notes.insert(0, "baseline")
             else:
                 grid = _null(cell["comparator"])
-                if grid and cell["schedule"] in base_schedules:
-                    base = base_by_sched.get(cell["schedule"], {})
+                sched = None if _null(cell["schedule"]) else cell["schedule"]
+                if grid and sched in base_schedules:
+                    base = base_by_sched.get(sched, {})
                 else:
                     base = base_by_seed
                     if grid:

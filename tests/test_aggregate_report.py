@@ -377,6 +377,20 @@ def test_small_sweep_single_seed_no_comparators(tmp_path):
     assert out["excluded"].empty
 
 
+def test_grid_without_a_schedule_axis_pairs_with_the_baseline(tmp_path):
+    """Null schedules (no schedule axis) must still find the baseline of the same seed."""
+    root = str(tmp_path / "noaxis")
+    rows = [trial(conf, None, None, seed, BASE_PPL[seed] * (1.0 + 0.1 * PEAKS[conf] + 0.01 * seed))
+            for conf in ("peak-0", "peak-1") for seed in SEEDS]
+    for r in rows:
+        r["trial_id"] = r["run_trial_id"] = f"{r['configuration']}__s{r['seed']}"
+    write_trials(root, rows)
+    aggregate(root, echo=quiet, report=False)
+    r = row(pd.read_parquet(os.path.join(root, "summary", "cells.parquet")), "peak-1", None, None)
+    assert r["n_paired"] == len(SEEDS)
+    assert r["ratio_mean"] == pytest.approx(np.mean([(1.1 + 0.01 * s) / (1.0 + 0.01 * s) for s in SEEDS]))
+
+
 def test_report_without_optional_tables_and_stale_pngs(tmp_path):
     root = str(tmp_path / "bare")
     write_trials(root, known_trials())
