@@ -116,7 +116,12 @@ def test_failing_and_diverging_trials(reference, tmp_path):
     assert len(list((sweep / "trials" / "peak-1__quintic__s1" / "attempts").glob("*.json"))) == 2  # 1 + retries
 
     diverged = trials.loc["uniform-strict__s1"]
-    assert diverged.status == "diverged" and diverged.final_step == 7 and np.isnan(diverged.eval_ppl)
+    # losses are read at logging time: the NaN of step 7 is seen at the next log (step 10) and
+    # recorded at step 7, where it appeared
+    assert diverged.status == "diverged" and diverged.final_step == 10 and np.isnan(diverged.eval_ppl)
+    steps = pd.read_parquet(sweep / "trials" / "uniform-strict__s1" / "steps.parquet")
+    bad = steps[(steps.split == "train") & steps.loss.isna()]
+    assert list(bad.step) == [7]
     assert trials.loc["peak-0__linear__s1", "status"] == "completed"  # the sweep went on
 
     excluded = pd.read_parquet(sweep / "summary" / "excluded.parquet")
