@@ -85,7 +85,7 @@ def child(trials: int, steps: int | None, quick: bool) -> dict:
     import re
 
     from localist import io
-    from orchestrator import driver, layout
+    from orchestrator import driver, layout, status
     from orchestrator.spec import expand, runs, validate
 
     lines: list[tuple[float, str]] = []
@@ -111,7 +111,7 @@ def child(trials: int, steps: int | None, quick: bool) -> dict:
             end = os.path.getmtime(io.resolve(io.join(d, "trial.parquet"))[1])
             per.append({"pid": attempt["pid"], "start": attempt["time"] - (fit_end - makespan),
                         "end": end - (fit_end - makespan), "wall_s": row["wall_s"]})
-    return {"n": n, "steps": steps, "concurrency": driver.concurrency(spec, n), "makespan_s": makespan,
+    return {"n": n, "steps": steps, "concurrency": status.local_slots(spec, n), "makespan_s": makespan,
             "driver_total_s": total, "trials": per}
 
 

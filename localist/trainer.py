@@ -283,7 +283,6 @@ class Trainer:
         from transformers import PreTrainedTokenizerFast
 
         model = self.accel.unwrap_model(self.model)
-        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
         with tempfile.TemporaryDirectory() as d:
             model.save_pretrained(d, safe_serialization=True)
             tok = PreTrainedTokenizerFast(tokenizer_file=self.data.tokenizer_path)
@@ -376,7 +375,7 @@ class Trainer:
             if ev:
                 loss = self.evaluate()
                 self.metrics.update(self._eval_metrics(loss))
-                if on_eval and not last:
+                if on_eval and not last and not ckpt:  # a checkpoint step reports once, with the eval
                     on_eval(self, loss)
             if last:
                 break

@@ -79,12 +79,9 @@ def _init_ray(address: str | None, log=print) -> str:
     """Start or attach to Ray; returns what the run is on, for messages ('local Ray', an address)."""
     import ray
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # keep every trial's progress line
     # Tune snapshots its state at every checkpoint (we want that for resume); don't warn about it.
+    # (RAY_DEDUP_LOGS and RAY_AIR_NEW_OUTPUT are set by console.Console, before Ray is imported.)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's console reporter names a temporary staging folder for TensorBoard; we print the
-    # sweep's own tune/ folder instead (tracking.hints), so use Tune's quiet classic output.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     address, source = raycluster.address_and_source(address)
     if address:
         raycluster.connect(address, source, log)
@@ -185,6 +182,23 @@ class _Progress(threading.Thread):
                 self.log(f"[sweep] (progress unavailable: {e})")
 
 
+def run_callbacks(spec: SweepSpec, sweep_uri: str) -> list:
+    """Tune callbacks of every Tuner of a sweep: the trackers, then the checkpoint cleaner."""
+    return tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [_checkpoint_cleaner()]
+
+
+def restore(path: str, fn, fs, callbacks: list):
+    """Tuner.restore with this run's callbacks: Tune would reuse those pickled by the first run
+    (the spec's tracking may have changed since). Ray Client tuners keep theirs (no public hook)."""
+    from ray import tune
+
+    tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs)
+    local = getattr(tuner, "_local_tuner", None)
+    if local is not None:
+        local.get_run_config().callbacks = callbacks
+    return tuner
+
+
 def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str | None = None):
     """tune_uri: the experiment folder (default <sweep>/tune; a search's later seed rounds use others)."""
     from ray import tune
@@ -198,12 +212,9 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str |
     # (with an endpoint override) and gs:// all behave alike.
     fs, path = io.resolve(tune_uri or layout.tune_dir(sweep_uri))
     parent, name = path.rstrip("/").rsplit("/", 1)
-    callbacks = tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [_checkpoint_cleaner()]
+    callbacks = run_callbacks(spec, sweep_uri)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs)
-        # Tune would reuse the trackers pickled by the first run; this run's spec decides them
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner, True
+        return restore(path, fn, fs, callbacks), True
     tuner = tune.Tuner(
         fn,
         param_space=tracking.param_space(run_cfgs),
@@ -221,12 +232,6 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str |
         ),
     )
     return tuner, False
-
-
-def concurrency(spec: SweepSpec, n_runs: int) -> int:
-    by_cpu = int((os.cpu_count() or 1) // spec.resources.cpu) or 1
-    c = min(n_runs, spec.max_concurrent or n_runs, by_cpu)
-    return max(c, 1)
 
 
 def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[[str], None] = print,

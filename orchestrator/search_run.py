@@ -18,7 +18,7 @@ import pyarrow as pa
 from localist import io
 from localist.outputs import trial_row
 from localist.config import TrialConfig
-from orchestrator import layout, tracking
+from orchestrator import layout
 from orchestrator.search import CELL_KEY, Group, Search, confirm_trials, groups, rank, with_values
 from orchestrator.spec import SweepSpec, Trial, cells
 
@@ -66,7 +66,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from orchestrator.driver import _checkpoint_cleaner
+    from orchestrator.driver import restore, run_callbacks
     from orchestrator.trainable import search_trial
 
     search: Search = spec.search
@@ -74,8 +74,9 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
                               cpus=spec.resources.cpu)
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     fs, path = io.resolve(layout.search_tune_dir(sweep_uri, group.name))
+    callbacks = run_callbacks(spec, sweep_uri)  # trackers; the cleaner drops finished or stopped trials' checkpoints
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        return tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs), True
+        return restore(path, fn, fs, callbacks), True
     parent, name = path.rstrip("/").rsplit("/", 1)
     limit = search.max_concurrent or spec.max_concurrent
     if search.algorithm == "optuna":
@@ -105,8 +106,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
-            # a finished or stopped search trial is never resumed: the cleaner drops its checkpoints
-            callbacks=tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [_checkpoint_cleaner()],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         ),

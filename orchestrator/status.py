@@ -47,7 +47,8 @@ def run_states(sweep_uri: str, trials: list[Trial]) -> list[dict]:
                        eval_step=r["final_step"], tokens_per_s=r["tokens_per_s"], eta_s=0.0)
         elif "stopped.json" in names:  # a search trial the scheduler stopped early
             r = _json(io.join(d, "stopped.json")) or {}
-            row.update(state="stopped", step=r.get("step", 0), eval_ppl=r.get("eval_ppl", float("nan")))
+            row.update(state="stopped", step=r.get("step", 0), eval_ppl=r.get("eval_ppl", float("nan")),
+                       eval_loss=r.get("eval_loss", float("nan")), eval_step=r.get("step", 0))
         else:
             prog = _json(io.join(d, "progress.json")) if "progress.json" in names else None
             err = _json(io.join(d, "error.json")) if "error.json" in names else None
@@ -102,6 +103,12 @@ def slots(sweep_uri: str, spec, n_runs: int) -> int:
     info = _json(layout.driver_file(sweep_uri))
     if info and info.get("slots"):
         return int(info["slots"])
+    return local_slots(spec, n_runs)
+
+
+def local_slots(spec, n_runs: int) -> int:
+    """Trials at a time on this machine: its CPUs over one trial's, capped by max_concurrent
+    (None: as many as the CPUs allow) and by the number of runs."""
     by_cpu = int((os.cpu_count() or 1) // spec.resources.cpu) or 1
     return max(1, min(n_runs, spec.max_concurrent or n_runs, by_cpu))
 

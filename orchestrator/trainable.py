@@ -105,7 +105,8 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
             loss = last_eval(tr)
             if not math.isfinite(loss):
                 return  # a searcher needs the metric in every report; no eval yet, so no checkpoint
-            values.setdefault("eval_loss", loss)
+            values.setdefault("eval_loss", loss)  # (a searcher's metric may be either)
+            values.setdefault("eval_ppl", math.exp(loss) if loss < 700 else math.inf)
         with tempfile.TemporaryDirectory() as d:
             tr.save_checkpoint(d)
             _report(metrics(tr.step, tr.n_layer, values), d)
