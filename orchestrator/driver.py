@@ -187,6 +187,16 @@ def run_callbacks(spec: SweepSpec, sweep_uri: str) -> list:
     return tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [_checkpoint_cleaner()]
 
 
+def run_config(spec: SweepSpec, path: str, fs, callbacks: list):
+    """What every Tuner of a sweep shares: its storage folder, trackers, retries, kept checkpoints."""
+    from ray import tune
+
+    parent, name = path.rstrip("/").rsplit("/", 1)
+    return tune.RunConfig(name=name, storage_path=parent, storage_filesystem=fs, verbose=0, callbacks=callbacks,
+                          failure_config=tune.FailureConfig(max_failures=spec.retries),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints))
+
+
 def restore(path: str, fn, fs, callbacks: list):
     """Tuner.restore with this run's callbacks: Tune would reuse those pickled by the first run
     (the spec's tracking may have changed since). Ray Client tuners keep theirs (no public hook)."""
@@ -211,7 +221,6 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str |
     # Tune gets the same pyarrow filesystem our own files use, so local paths, file://, s3://
     # (with an endpoint override) and gs:// all behave alike.
     fs, path = io.resolve(tune_uri or layout.tune_dir(sweep_uri))
-    parent, name = path.rstrip("/").rsplit("/", 1)
     callbacks = run_callbacks(spec, sweep_uri)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         return restore(path, fn, fs, callbacks), True
@@ -224,12 +233,7 @@ def _tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str |
             trial_dirname_creator=lambda t: t.config["trial_id"],
             reuse_actors=True,  # a worker keeps torch/transformers imported between trials
         ),
-        run_config=tune.RunConfig(
-            name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
-            callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
-        ),
+        run_config=run_config(spec, path, fs, callbacks),
     )
     return tuner, False
 

@@ -66,7 +66,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from orchestrator.driver import restore, run_callbacks
+    from orchestrator.driver import restore, run_callbacks, run_config
     from orchestrator.trainable import search_trial
 
     search: Search = spec.search
@@ -77,7 +77,6 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
     callbacks = run_callbacks(spec, sweep_uri)  # trackers; the cleaner drops finished or stopped trials' checkpoints
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         return restore(path, fn, fs, callbacks), True
-    parent, name = path.rstrip("/").rsplit("/", 1)
     limit = search.max_concurrent or spec.max_concurrent
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -104,12 +103,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
             reuse_actors=True,  # a worker keeps torch imported; a stopped trial's thread ends at its next report
         ),
-        run_config=tune.RunConfig(
-            name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
-            callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
-        ),
+        run_config=run_config(spec, path, fs, callbacks),
     )
     return tuner, False
 
