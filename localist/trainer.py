@@ -110,6 +110,7 @@ class Trainer:
         self.layer_rows: list[dict] = []
         self.attention_rows: list[dict] = []
         self.metrics: dict = {}  # what the latest step logged or evaluated (see fit)
+        self.eval_positions = dict.fromkeys(outputs.POSITION_GROUPS, math.nan)  # set by evaluate
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read
         self._ahead = None  # the next micro-batch, already on its way to the device
         self._warm: tuple[int, float, int] | None = None  # tokens, train time, dynamo frames after step 1
@@ -445,7 +446,7 @@ class Trainer:
             "device": self._device_name(), "hostname": socket.gethostname(),
             "n_params": sum(p.numel() for p in self.accel.unwrap_model(self.model).parameters()),
             **{k: v if status == "completed" else math.nan
-               for k, v in getattr(self, "eval_positions", dict.fromkeys(outputs.POSITION_GROUPS, math.nan)).items()},
+               for k, v in self.eval_positions.items()},
             **self.speed_figures(), **self.extra,
         }
         if self.cfg.train.save_model and status == "completed":

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from localist import io
 from localist.outputs import trial_row
-from localist.config import TrialConfig
+from localist.config import TrainConfig, TrialConfig
 from orchestrator import layout
 from orchestrator.search import CELL_KEY, Group, Search, confirm_trials, groups, rank, with_values
 from orchestrator.spec import SweepSpec, Trial, cells
@@ -56,9 +56,10 @@ def _space(search: Search, group: Group) -> dict:
     return space
 
 
-def _defaults(spec: SweepSpec, key: str, default: int) -> list[int]:
-    trees = _trees(spec)
-    return [int((t.get("train") or {}).get(key, default)) for t in trees.values()]
+def _defaults(spec: SweepSpec, key: str) -> list[int]:
+    """train.<key> of every cell, the schema's default where a cell leaves it unset."""
+    default = TrainConfig.model_fields[key].default
+    return [int((t.get("train") or {}).get(key, default)) for t in _trees(spec).values()]
 
 
 def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
@@ -87,9 +88,9 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
     scheduler = None
     if search.scheduler:
         a = search.scheduler.asha
-        max_t = a.max_t or max(_defaults(spec, "steps", 200))
+        max_t = a.max_t or max(_defaults(spec, "steps"))
         scheduler = ASHAScheduler(time_attr="step", max_t=max_t, reduction_factor=a.reduction_factor,
-                                  grace_period=min(a.grace_period or min(_defaults(spec, "eval_every", 50)), max_t))
+                                  grace_period=min(a.grace_period or min(_defaults(spec, "eval_every")), max_t))
 
     def trial_name(trial) -> str:  # the searcher's counter: stable across restores
         return f"{group.name}__t{int(trial.experiment_tag.split('_', 1)[0]):03d}"
