@@ -197,12 +197,14 @@ def run_config(spec: SweepSpec, path: str, fs, callbacks: list):
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints))
 
 
-def restore(path: str, fn, fs, callbacks: list):
+def restore(path: str, fn, fs, callbacks: list, param_space: dict | None = None):
     """Tuner.restore with this run's callbacks: Tune would reuse those pickled by the first run
     (the spec's tracking may have changed since). Ray Client tuners keep theirs (no public hook)."""
     from ray import tune
 
-    tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs)
+    # param_space again: a searcher restored from state saved before it took the space needs it
+    tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs,
+                               param_space=param_space)
     local = getattr(tuner, "_local_tuner", None)
     if local is not None:
         local.get_run_config().callbacks = callbacks

@@ -77,7 +77,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
     fs, path = io.resolve(layout.search_tune_dir(sweep_uri, group.name))
     callbacks = run_callbacks(spec, sweep_uri)  # trackers; the cleaner drops finished or stopped trials' checkpoints
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        return restore(path, fn, fs, callbacks), True
+        return restore(path, fn, fs, callbacks, _space(search, group)), True
     limit = search.max_concurrent or spec.max_concurrent
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
