@@ -2,8 +2,12 @@
 optionally ASHA), then the confirmation as an ordinary grid of trials.
 
 Each search keeps its own Tune experiment under tune-search/<group>/, so a killed driver resumes
-it with `Tuner.restore` (the searcher's state included) and no finished trial runs again. When a
-search ends, search/<group>.json fixes its ranking, so the confirm settings never change later.
+it with `Tuner.restore` (the searcher's state included) and no finished trial runs again. Tune
+writes the trial list and the searcher as separate files: a driver killed between the two leaves
+a searcher behind its trials (or none), which would end the search early or give two trials one
+name. Such a search continues instead in a new experiment that samples only the missing trials,
+its searcher told the finished ones' results. When a search ends, search/<group>.json fixes its
+ranking, so the confirm settings never change later.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import pandas as pd
 import pyarrow as pa
@@ -62,7 +67,74 @@ def _defaults(spec: SweepSpec, key: str) -> list[int]:
     return [int((t.get("train") or {}).get(key, default)) for t in _trees(spec).values()]
 
 
-def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
+def _state_problem(tune_uri: str) -> str | None:
+    """Why Tune's saved search cannot be restored as it is; None when it can (or nothing was saved)."""
+    from ray import cloudpickle
+
+    names = io.listdir(tune_uri)
+    states = sorted(n for n in names if n.startswith("experiment_state-") and n.endswith(".json"))
+    if not states:
+        return None
+    searchers = sorted(n for n in names if n.startswith(("search_gen_state-", "basic-variant-state-")))
+    if not searchers:
+        return "no searcher state was saved"
+    trials = len(json.loads(io.read_text(io.join(tune_uri, states[-1])))["trial_data"])
+    try:
+        state = cloudpickle.loads(io.read_bytes(io.join(tune_uri, searchers[-1])))
+    except Exception as e:  # noqa: BLE001 - a half-written file reads as anything
+        return f"its searcher state is unreadable ({type(e).__name__})"
+    if "_iterators" in state:  # random or grid sampling: each iterator counts the trials it made
+        counter, total = sum(it.counter for it in state["_iterators"]), state["_total_samples"]
+    else:
+        counter, total = state.get("counter"), state.get("total_samples")
+    if counter != trials or not total:
+        return f"its searcher state knows {counter} of {trials} trials"
+    return None
+
+
+def _score(sweep_uri: str, trial_id: str, metric: str) -> float | None:
+    """A finished trial's result for the searcher (None: nothing finite to learn from)."""
+    f = io.join(layout.trial_dir(sweep_uri, trial_id), "trial.parquet")
+    x = io.read_parquet_rows(f, [metric])[0][metric] if io.exists(f) else None
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _trial_index(trial_id: str) -> int:
+    return int(trial_id.rsplit("__t", 1)[1])
+
+
+def _finished(sweep_uri: str, group: Group) -> dict[str, dict]:
+    """trial id -> sampled values, for the group's search trials that completed, diverged or
+    failed for good (ASHA-stopped trials leave no such mark: a continuation samples them again)."""
+    pattern = re.compile(re.escape(group.name) + r"__t\d+$")
+    out = {}
+    for name in io.listdir(io.join(sweep_uri, "trials")):
+        d = layout.trial_dir(sweep_uri, name)
+        if not pattern.match(name) or not _ended(d) or not io.exists(io.join(d, "values.json")):
+            continue
+        out[name] = json.loads(io.read_text(io.join(d, "values.json")))
+    return out
+
+
+def _continue_from(spec: SweepSpec, group: Group, sweep_uri: str, log) -> dict[str, dict]:
+    """Drop what a search left that Tune cannot resume (a torn or never saved experiment, the
+    unfinished trials); returns its finished trials, which the new experiment starts from."""
+    pattern = re.compile(re.escape(group.name) + r"__t\d+$")
+    started = [n for n in io.listdir(io.join(sweep_uri, "trials")) if pattern.match(n)]
+    if not started:
+        io.delete(layout.search_tune_dir(sweep_uri, group.name))
+        return {}
+    # a grid cannot skip the points it enumerated: it runs whole again
+    done = _finished(sweep_uri, group) if spec.search.algorithm != "grid" else {}
+    for name in started:
+        if name not in done:
+            io.delete(layout.trial_dir(sweep_uri, name))
+    io.delete(layout.search_tune_dir(sweep_uri, group.name))
+    log(f"[search] {group.name}: continuing in a new experiment from its {len(done)} finished trial(s)")
+    return done
+
+
+def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -74,17 +146,31 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
     fn = tune.with_parameters(search_trial, cells=_trees(spec), seed=spec.seeds[0], sweep_uri=sweep_uri,
                               cpus=spec.resources.cpu)
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    fs, path = io.resolve(layout.search_tune_dir(sweep_uri, group.name))
+    uri = layout.search_tune_dir(sweep_uri, group.name)
+    fs, path = io.resolve(uri)
     callbacks = run_callbacks(spec, sweep_uri)  # trackers; the cleaner drops finished or stopped trials' checkpoints
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        return restore(path, fn, fs, callbacks, _space(search, group)), True
+        problem = _state_problem(uri)
+        if problem is None:
+            return restore(path, fn, fs, callbacks, _space(search, group)), True
+        log(f"[search] {group.name}: Tune's saved state is torn ({problem}): the driver stopped while writing it")
+    # trials started before Tune first saved the experiment would otherwise meet new ones of their name
+    done = _continue_from(spec, group, sweep_uri, log)
+    first = 1 if search.algorithm == "optuna" else 0  # the first trial's number in Tune's tag
+    offset = max(map(_trial_index, done)) + 1 - first if done else 0
+    if len(done) >= search.num_samples:
+        return None, False
     limit = search.max_concurrent or spec.max_concurrent
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        algo = OptunaSearch(seed=search.seed)
+        keys = [*search.space, *([CELL_KEY] if len(group.cells) > 1 else [])]
+        scored = [(v, _score(sweep_uri, t, search.metric)) for t, v in sorted(done.items())]
+        scored = [({k: v[k] for k in keys}, x) for v, x in scored if x is not None]
+        algo = OptunaSearch(seed=search.seed + offset, points_to_evaluate=[p for p, _ in scored] or None,
+                            evaluated_rewards=[x for _, x in scored] or None)
     else:  # Tune ignores max_concurrent_trials for this generator: it limits itself
-        algo = BasicVariantGenerator(random_state=search.seed, max_concurrent=limit or 0)
+        algo = BasicVariantGenerator(random_state=search.seed + offset, max_concurrent=limit or 0)
     scheduler = None
     if search.scheduler:
         a = search.scheduler.asha
@@ -92,15 +178,16 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str):
         scheduler = ASHAScheduler(time_attr="step", max_t=max_t, reduction_factor=a.reduction_factor,
                                   grace_period=min(a.grace_period or min(_defaults(spec, "eval_every")), max_t))
 
-    def trial_name(trial) -> str:  # the searcher's counter: stable across restores
-        return f"{group.name}__t{int(trial.experiment_tag.split('_', 1)[0]):03d}"
+    def trial_name(trial) -> str:  # the searcher's counter (after a continuation's finished trials): stable across restores
+        return f"{group.name}__t{offset + int(trial.experiment_tag.split('_', 1)[0]):03d}"
 
     tuner = tune.Tuner(
         fn,
         param_space=_space(search, group),
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=search.mode, search_alg=algo, scheduler=scheduler,
-            num_samples=search.num_samples, max_concurrent_trials=limit if search.algorithm == "optuna" else None,
+            num_samples=search.num_samples - len(done),
+            max_concurrent_trials=limit if search.algorithm == "optuna" else None,
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
             reuse_actors=True,  # a worker keeps torch imported; a stopped trial's thread ends at its next report
         ),
@@ -128,13 +215,17 @@ def _outcome(sweep_uri: str, trial_id: str, metrics: dict) -> dict:
 
 
 def _record(spec: SweepSpec, group: Group, grid, sweep_uri: str) -> dict:
-    """search/<group>.json: every trial with its sampled values and outcome, and the top settings."""
+    """search/<group>.json: every trial with its sampled values and outcome, and the top settings
+    (the trials a torn experiment's continuation started from included)."""
     search: Search = spec.search
     rows = []
     for r in grid:
         tid = os.path.basename(r.path.rstrip("/"))
         values = {k: v for k, v in r.config.items() if "." in k or k == CELL_KEY}
         rows.append({"trial_id": tid, "values": values, **_outcome(sweep_uri, tid, r.metrics or {})})
+    seen = {r["trial_id"] for r in rows}
+    rows += [{"trial_id": tid, "values": values, **_outcome(sweep_uri, tid, {})}
+             for tid, values in _finished(sweep_uri, group).items() if tid not in seen]
     rows.sort(key=lambda x: x["trial_id"])
     ranked = rank(rows, search.metric, search.mode)
     for i, row in enumerate(ranked, start=1):
@@ -155,10 +246,10 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
         if io.exists(layout.search_file(sweep_uri, group.name)):
             log(f"[search] {group.name}: finished earlier, kept")
             continue
-        tuner, restored = _tuner(spec, group, sweep_uri)
+        tuner, restored = _tuner(spec, group, sweep_uri, log)
         log(f"[search] {group.name}: {'restored searcher; continuing' if restored else 'starting'} "
             f"({spec.search.algorithm}, {spec.search.num_samples} samples)")
-        grid = fit(tuner)
+        grid = fit(tuner) if tuner is not None else []
         _mark_final_errors(grid, sweep_uri)
         record = _record(spec, group, grid, sweep_uri)
         counts = pd.Series([r["status"] for r in record["trials"]]).value_counts().to_dict()
@@ -176,8 +267,8 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
     return trials
 
 
-def _ended(sweep_uri: str, t: Trial) -> bool:
-    d = layout.trial_dir(sweep_uri, t.run_id)
+def _ended(d: str) -> bool:
+    """A trial folder whose trial completed, diverged or failed for good."""
     err = io.join(d, "error.json")
     return io.exists(io.join(d, "trial.parquet")) or (io.exists(err) and json.loads(io.read_text(err)).get("final"))
 
@@ -194,7 +285,7 @@ def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list
         trials = confirm_trials(spec, sweep_uri, source)
         for r in rounds:
             new = [t for t in trials if t.seed == r["seed"]]
-            if not all(_ended(sweep_uri, t) for t in new):
+            if not all(_ended(layout.trial_dir(sweep_uri, t.run_id)) for t in new):
                 log(f"[search] seed round {r['seed']}: {len(new)} results for {', '.join(r['cells'])}")
                 tune_uri = io.join(sweep_uri, f"tune-seed{r['seed']}")
                 _mark_final_errors(fit(grid_tuner(spec, new, sweep_uri, tune_uri)[0], new), sweep_uri)

@@ -62,7 +62,11 @@ def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str
         tree["seed"] = seed
         return TrialConfig.model_validate(tree)
 
-    _train(tune.get_context().get_trial_name(), build, sweep_uri, cpus, search=True)
+    name = tune.get_context().get_trial_name()
+    # what was sampled, beside the results: a search continued after a torn save tells its searcher
+    io.write_text(io.join(layout.trial_dir(sweep_uri, name), "values.json"),
+                  json.dumps({k: v for k, v in config.items() if "." in k or k == CELL_KEY}))
+    _train(name, build, sweep_uri, cpus, search=True)
 
 
 def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool) -> None:

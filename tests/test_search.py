@@ -3,6 +3,7 @@ anything runs, an Optuna search per cell with ASHA whose driver is killed mid-se
 then confirmed with two seeds and paired statistics; a random search across the whole grid."""
 
 import json
+import pickle
 import re
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator import cli
+from orchestrator import cli, search_run
 from tests.conftest import TINY
 from tests.helpers import CLI, attempts, env, kill_session, wait_for
 
@@ -84,30 +85,37 @@ def _search_dirs(sweep: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def optuna_resumed(tmp_path_factory):
-    """Optuna per cell + ASHA + confirm; the driver is killed once a search trial has finished
-    and before both searches have, then `sweep resume` completes it."""
+    """Optuna per cell + ASHA + confirm; the driver is killed once a trial of an unfinished search
+    has finished. Its saved state is then torn as a kill during Tune's write leaves it (the trial
+    list saved, the searcher not), and `sweep resume` completes the sweep."""
     root = tmp_path_factory.mktemp("search")
     f = search_sweep(root / "opt.yaml", "opt", root / "store", "optuna", "cell", True)
     sweep = root / "store" / "opt"
     proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def unfinished_with_a_result() -> list[str]:
+        done = {p.parent.name.rsplit("__t", 1)[0] for p in (sweep / "trials").glob("*__t*/trial.parquet")}
+        return sorted(g for g in done if not (sweep / "search" / f"{g}.json").exists())
     try:
-        def mid_search():
-            done = list((sweep / "trials").glob("*__t*/trial.parquet")) if (sweep / "trials").exists() else []
-            return len(done) >= 1 and len(list((sweep / "search").glob("*.json"))) < 2
-        assert wait_for(mid_search, 600, proc), "the search never reached a finished trial"
+        assert wait_for(lambda: (sweep / "trials").exists() and unfinished_with_a_result(), 600, proc), \
+            "the search never reached a finished trial"
     finally:
         kill_session(proc)
+    torn = unfinished_with_a_result()
     before = {p.parent.name for p in (sweep / "trials").glob("*/trial.parquet")}
     searches_done = sorted(p.stem for p in (sweep / "search").glob("*.json")) if (sweep / "search").exists() else []
+    for group in torn:
+        for state in (sweep / "tune-search" / group).glob("search_gen_state-*"):
+            state.unlink()
     proc = subprocess.run(CLI + ["sweep", "resume", str(sweep)], env=env(), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return sweep, before, searches_done, proc.stdout
+    return sweep, before, searches_done, proc.stdout, torn
 
 
 def test_optuna_search_per_cell_stops_poor_trials(optuna_resumed):
-    sweep, _, _, log = optuna_resumed
+    sweep, _, _, log, _ = optuna_resumed
     search = pd.read_parquet(sweep / "results" / "search.parquet")
     assert sorted(search.search_group.unique()) == ["peak-0__quintic", "peak-1__quintic"]
     assert (search.groupby("search_group").size() == SAMPLES).all()
@@ -126,7 +134,7 @@ def test_optuna_search_per_cell_stops_poor_trials(optuna_resumed):
 
 
 def test_confirm_reruns_the_best_setting_with_seeds_and_pairs_them(optuna_resumed):
-    sweep, _, _, log = optuna_resumed
+    sweep, _, _, log, _ = optuna_resumed
     search = pd.read_parquet(sweep / "results" / "search.parquet")
     best = search[search.search_rank == 1].set_index("configuration")["train.lr"]
     trials = pd.read_parquet(sweep / "results" / "trials.parquet")
@@ -144,7 +152,7 @@ def test_confirm_reruns_the_best_setting_with_seeds_and_pairs_them(optuna_resume
 
 
 def test_sequential_seeding_adds_a_round_until_max_seeds(optuna_resumed):
-    sweep, _, _, log = optuna_resumed
+    sweep, _, _, log, _ = optuna_resumed
     rounds = json.loads((sweep / "search" / "_rounds.json").read_text())
     assert rounds == [{"seed": 3, "cells": ["peak-0__quintic", "peak-1__quintic"]}]
     assert "> 0.0001 after 2 seeds: one more seed" in log
@@ -155,12 +163,23 @@ def test_sequential_seeding_adds_a_round_until_max_seeds(optuna_resumed):
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(optuna_resumed):
-    sweep, before, searches_done, log = optuna_resumed
-    assert len(searches_done) < 2
-    assert "restored searcher; continuing" in log
+    sweep, before, searches_done, log, torn = optuna_resumed
+    assert len(searches_done) < 2 and torn
+    for group in torn:  # the torn experiment is not restored (its searcher would stop at once)
+        assert re.search(re.escape(group) + r": continuing in a new experiment from its [1-9]\d* finished", log)
     starts = attempts(sweep)
     assert before and all(starts[t] == 1 for t in before)  # finished trials never ran again
-    assert len(_search_dirs(sweep)) == 2 * SAMPLES  # the restored searcher sampled no extra trial
+    assert len(_search_dirs(sweep)) == 2 * SAMPLES  # only the missing trials were sampled
+    for group in torn:  # the continuation's Optuna study holds the finished trials with their results
+        kept = {t for t in before if t.startswith(group)}
+        trials = json.loads((sweep / "search" / f"{group}.json").read_text())["trials"]
+        assert {t["trial_id"] for t in trials} >= kept
+        [state] = (sweep / "tune-search" / group).glob("searcher-state-*.pkl")
+        study = pickle.loads(state.read_bytes())["_ot_study"]
+        told = {(t.params["train.lr"], t.value) for t in study.trials}
+        for tid in kept:
+            row = pd.read_parquet(sweep / "trials" / tid / "trial.parquet").iloc[0]
+            assert (row["train.lr"], row["eval_loss"]) in told
     status = subprocess.run(CLI + ["sweep", "status", str(sweep)], env=env(), capture_output=True, text=True,
                             timeout=120)
     assert status.returncode == 0, status.stderr
@@ -180,3 +199,20 @@ def test_random_search_across_the_grid(tmp_path):
     assert not (sweep / "results" / "trials.parquet").exists()  # no confirm phase: nothing to pair
     assert "[search] best per search:" in proc.stdout
     assert "will be ignored" not in proc.stdout + proc.stderr  # max_concurrent reaches the random generator
+    tune_dir = str(sweep / "tune-search" / "search")  # Tune's saved state, judged before a restore
+    assert search_run._state_problem(tune_dir) is None
+    for state in (sweep / "tune-search" / "search").glob("basic-variant-state-*"):
+        state.unlink()
+    assert search_run._state_problem(tune_dir) == "no searcher state was saved"
+    # resumed as if killed then: completed trials are kept, the stopped ones sampled again after them
+    (sweep / "search" / "search.json").unlink()
+    completed = set(search[search.status != "stopped"].trial_id)  # completed, diverged or errored
+    proc = subprocess.run(CLI + ["sweep", "resume", str(sweep)], env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert f"search: continuing in a new experiment from its {len(completed)} finished trial(s)" in proc.stdout
+    again = pd.read_parquet(sweep / "results" / "search.parquet")
+    assert len(again) == SAMPLES and completed <= set(again.trial_id)
+    assert all(n == 1 for t, n in attempts(sweep).items() if t in completed)
+    new = set(again.trial_id) - completed
+    assert len(new) == SAMPLES - len(completed)
+    assert min(map(search_run._trial_index, new)) == max(map(search_run._trial_index, completed)) + 1
