@@ -40,7 +40,7 @@ run: $(VENV)/.base
 	$(VENV)/bin/localist sweep run $(SWEEP)
 
 test: $(VENV)/.test
-	RAY_AUTH_MODE=disabled $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.base
 	$(PY) -m benchmarks $(BENCH_ARGS)

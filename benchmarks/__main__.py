@@ -23,9 +23,9 @@ BENCHMARKS = ("attention", "data", "aggregation", "memory", "sweep")
 
 
 def aggregation(quick: bool) -> list[Row]:
-    """Rows per second of ``orchestrator.aggregate`` at the aggregation issue's scale."""
+    """Rows per second of ``orchestrator.analysis.aggregate`` at the aggregation issue's scale."""
     from benchmarks.aggregate_scale import TARGET_S, build_results
-    from orchestrator.aggregate import aggregate
+    from orchestrator.analysis.aggregate import aggregate
 
     steps, layers, seeds = (20_000, 4_000, (1, 2)) if quick else (1_000_000, 200_000, (1, 2, 3))
     root = tempfile.mkdtemp(prefix="bench-agg-")

@@ -3,7 +3,7 @@
 Builds ``results/{trials,steps,layers,attention}.parquet`` the way the sweep collector writes
 them (7 configurations x 5 schedules x seeds plus 2 comparators, the peak-0 cells deduplicated
 onto one run per seed, a few diverged/errored trials) with 1,000,000 step rows and 200,000 layer
-rows by default, then times ``orchestrator.aggregate.aggregate(..., report=False)``.
+rows by default, then times ``orchestrator.analysis.aggregate.aggregate(..., report=False)``.
 Target: under 5 s on 2 CPU cores.
 
     python -m benchmarks.aggregate_scale [--quick] [--steps N] [--layers N] [--seeds N] [--keep DIR]
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> float:
     layers = args.layers or (4_000 if args.quick else 200_000)
     seeds = tuple(range(1, (2 if args.quick else args.seeds) + 1))
 
-    from orchestrator.aggregate import aggregate
+    from orchestrator.analysis.aggregate import aggregate
 
     root = args.keep or tempfile.mkdtemp(prefix="aggregate-scale-")
     try:

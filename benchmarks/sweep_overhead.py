@@ -1,6 +1,6 @@
 """How much of a Ray Tune sweep's time reaches the trials: makespan against the ideal.
 
-Runs a real sweep through ``orchestrator.driver.run`` (local Ray on 127.0.0.1, Tune, the sweep
+Runs a real sweep through ``orchestrator.sweep.driver.run`` (local Ray on 127.0.0.1, Tune, the sweep
 trainable, Parquet per trial): 16 runs (2 peaks x 2 schedules x 4 seeds) of the README quick
 sweep's trial (``sweeps/quick.yaml``'s base: tiny GPT-2, 150 steps, 3 evaluations; ``--steps``
 shortens it), 1 CPU each, 2 at a time on 2 CPUs, and compares:
@@ -85,7 +85,8 @@ def child(trials: int, steps: int | None, quick: bool) -> dict:
     import re
 
     from localist import io
-    from orchestrator import driver, layout, status
+    from orchestrator.sweep import driver, status
+    from orchestrator import layout
     from orchestrator.spec import expand, runs, validate
 
     lines: list[tuple[float, str]] = []
@@ -132,7 +133,7 @@ def breakdown(trials: list[dict]) -> dict:
 def measure(trials: int, steps: int | None, quick: bool) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.sweep_overhead", "--child", "--trials", str(trials)]
     cmd += (["--steps", str(steps)] if steps else []) + (["--quick"] if quick else [])
-    env = child_env(RAY_AUTH_MODE="disabled")
+    env = child_env()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     found = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode != 0 or not found:

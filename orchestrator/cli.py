@@ -49,7 +49,7 @@ def _load_sweep(a):
 
 
 def _cmd_sweep_run(a) -> int:
-    from orchestrator import driver, dryrun
+    from orchestrator.sweep import driver, dryrun
     from orchestrator.spec import expand
 
     from localist.config import warnings_for
@@ -68,14 +68,14 @@ def _cmd_sweep_run(a) -> int:
 
 
 def _cmd_sweep_resume(a) -> int:
-    from orchestrator import driver
+    from orchestrator.sweep import driver
 
     return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose)
 
 
 def _cmd_sweep_status(a) -> int:
-    from orchestrator import status
-    from orchestrator.spec import load_saved
+    from orchestrator.layout import load_saved
+    from orchestrator.sweep import status
 
     path = a.path.rstrip("/")
     sp = load_saved(path)
@@ -87,22 +87,24 @@ def _cmd_sweep_status(a) -> int:
 
 
 def _cmd_sweep_watch(a) -> int:
-    from orchestrator import watch
+    from orchestrator.sweep import watch
 
     return watch.watch(a.path.rstrip("/"), every=a.every, once=a.once)
 
 
 def _cmd_sweep_collect(a) -> int:
-    from orchestrator import driver
+    from orchestrator.layout import load_saved
+    from orchestrator.sweep import driver
+    from orchestrator.sweep.search_plan import trials_of
 
-    sp = driver.load_saved(a.path)
-    return driver.finish(sp, driver.trials_of(sp, a.path, a.path, check_paths=False), a.path.rstrip("/"), print,
+    sp = load_saved(a.path)
+    return driver.finish(sp, trials_of(sp, a.path, a.path, check_paths=False), a.path.rstrip("/"), print,
                          aggregate=not a.no_aggregate)
 
 
 def _cmd_aggregate(a) -> int:
-    from orchestrator import status
-    from orchestrator.aggregate import aggregate
+    from orchestrator.sweep import status
+    from orchestrator.analysis.aggregate import aggregate
 
     path = a.path.rstrip("/")
     partial = status.collect_unfinished(path)
@@ -266,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:
-        from orchestrator.driver import StorageError
-        from orchestrator.lock import SweepLocked
+        from orchestrator.sweep.driver import StorageError
+        from orchestrator.sweep.lock import SweepLocked
 
         if isinstance(e, StorageError):
             print(f"error: {e}", file=sys.stderr)

@@ -19,7 +19,11 @@
 
 from __future__ import annotations
 
+import yaml
+
 from localist import io
+from localist.config import ConfigError
+from orchestrator.spec import SweepSpec, validate
 
 
 def trial_dir(sweep_uri: str, run_id: str) -> str:
@@ -43,6 +47,17 @@ def results_dir(sweep_uri: str) -> str:
     return io.join(sweep_uri, "results")
 
 
+RESULT_KINDS = ("trials", "steps", "layers", "attention")  # results/<kind>.parquet (+ search.parquet)
+
+
+def results_file(sweep_uri: str, kind: str) -> str:
+    return io.join(results_dir(sweep_uri), f"{kind}.parquet")
+
+
+def summary_dir(sweep_uri: str) -> str:
+    return io.join(sweep_uri, "summary")
+
+
 def search_tune_dir(sweep_uri: str, group: str) -> str:
     return io.join(sweep_uri, "tune-search", group)
 
@@ -53,3 +68,29 @@ def search_file(sweep_uri: str, group: str) -> str:
 
 def rounds_file(sweep_uri: str) -> str:
     return io.join(sweep_uri, "search", "_rounds.json")  # '_' starts no cell name: never a search's file
+
+
+# The saved spec: what a sweep folder was started with (resume, status, collect and submit read it).
+
+def spec_text(spec: SweepSpec) -> str:
+    """sweep.yaml as the driver saves it (resume and `status` read it back)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def same_sweep(saved_text: str, spec: SweepSpec) -> bool:
+    """Equal apart from where it is stored (a sweep folder may be moved or copied)."""
+    try:  # through the schema, so keys added since with their defaults compare equal
+        saved = SweepSpec.model_validate(yaml.safe_load(saved_text) or {}).model_dump(mode="json")
+    except ValueError:
+        return False
+    loose = ("storage", "tracking")  # where results and metrics go does not change the sweep
+    return ({k: v for k, v in saved.items() if k not in loose} ==
+            {k: v for k, v in spec.model_dump(mode="json").items() if k not in loose})
+
+
+def load_saved(sweep_uri: str) -> SweepSpec:
+    """The spec a sweep was started with, from its storage."""
+    f = spec_file(sweep_uri)
+    if not io.exists(f):
+        raise ConfigError(f"{sweep_uri}: not a sweep (no sweep.yaml); give the folder <storage>/<sweep name>")
+    return validate(yaml.safe_load(io.read_text(f)), f)

@@ -146,8 +146,21 @@ def validate(raw: dict[str, Any], source: str) -> SweepSpec:
         _check_overrides(over or {}, source, f"comparators.{name}")
     _check_storage(spec.storage, source)
     if spec.search:
-        search_section.check(spec, source)
+        _check_search_values(spec, search_section.check(spec.search, source), source)
     return spec
+
+
+def _check_search_values(spec: SweepSpec, parsed: dict, source: str) -> None:
+    """Build every cell at the search space's extremes, so a value the trial config refuses
+    (lr <= 0, a bad power) fails now, not inside Ray."""
+    for cell in cells(spec):
+        for key, (_, args) in parsed.items():
+            for value in args:  # the bounds, or every choice
+                tree = search_section.with_values(cell.tree, {key: value})
+                try:
+                    make_trial(spec, cell, spec.seeds[0], source, check_paths=False, tree=tree)
+                except ConfigError as e:
+                    raise search_section.space_error(source, key, f"the value {value!r} makes an invalid trial: {e}") from None
 
 
 def _check_storage(uri: str, source: str) -> None:
@@ -177,19 +190,6 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Sw
     if overrides:
         raw = deep_merge(raw, overrides)
     return validate(raw, str(path))
-
-
-def load_saved(sweep_uri: str) -> SweepSpec:
-    """The spec a sweep was started with, from its storage (what `resume`, `status` and `collect` use)."""
-    import yaml
-
-    from localist import io
-    from orchestrator import layout
-
-    f = layout.spec_file(sweep_uri)
-    if not io.exists(f):
-        raise ConfigError(f"{sweep_uri}: not a sweep (no sweep.yaml); give the folder <storage>/<sweep name>")
-    return validate(yaml.safe_load(io.read_text(f)), f)
 
 
 @dataclass

@@ -86,7 +86,6 @@ def entrypoint(file: str, storage: str | None, working_dir: Path) -> tuple[list[
 
     Validates the sweep here first, so a typo fails before anything is uploaded.
     """
-    from orchestrator import driver
     from orchestrator import spec as sweep_spec
 
     sp = sweep_spec.load(file, {"storage": storage} if storage else None)
@@ -95,7 +94,7 @@ def entrypoint(file: str, storage: str | None, working_dir: Path) -> tuple[list[
     base = ["python", "-m", "orchestrator.cli", "sweep"]
     saved = layout.spec_file(sp.uri)
     if io.exists(saved):
-        if not driver.same_sweep(io.read_text(saved), sp):
+        if not layout.same_sweep(io.read_text(saved), sp):
             raise ConfigError(f"{file}: name: a different sweep named {sp.name!r} already exists at {sp.uri}; "
                               "choose a new name or storage")
         return base + ["resume", sp.uri, "--address", "auto"], sp

@@ -6,8 +6,6 @@ import os
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests' Ray listens on loopback only
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):

@@ -35,7 +35,7 @@ def write_sweep(path: Path, name: str, storage: Path, steps: int = 12, checkpoin
 
 
 def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_AUTH_MODE": "disabled", **extra}
+    return {**os.environ, "PYTHONPATH": os.getcwd(), **extra}
 
 
 def attempts(sweep: Path) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""orchestrator.aggregate and orchestrator.report on real Parquet files written to tmp_path."""
+"""orchestrator.analysis.aggregate and orchestrator.analysis.report on real Parquet files written to tmp_path."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from scipy import stats as sps
 
 from localist import io as lio
-from orchestrator import stats
-from orchestrator.aggregate import AggregateError, aggregate
+from orchestrator.analysis import stats
+from orchestrator.analysis.aggregate import AggregateError, aggregate
 
 REPO = Path(__file__).resolve().parents[1]
 PEAKS = {"peak-0": 0.0, "peak-0.5": 0.5, "peak-1": 1.0}
@@ -418,7 +418,7 @@ def test_benchmark_quick(capsys):
 
 def test_ratio_colour_map_is_centred_and_symmetric(known):
     """The heatmap's own norm: white at 1.0, symmetric, at least +-5% even when the data span less."""
-    from orchestrator import report as rep
+    from orchestrator.analysis import report as rep
 
     assert (rep.ratio_norm([0.997, 1.001]).vmin, rep.ratio_norm([0.997, 1.001]).vmax) == (
         pytest.approx(0.95), pytest.approx(1.05))
@@ -443,8 +443,8 @@ def test_figure_text_is_at_least_9pt_and_fits_the_page(tmp_path):
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
 
-    from orchestrator import aggregate as agg
-    from orchestrator import report as rep
+    from orchestrator.analysis import aggregate as agg
+    from orchestrator.analysis import report as rep
 
     root = str(tmp_path / "sweep")
     load_benchmark().build_results(root, steps=3000, layers=600, seeds=(1, 2, 3))

@@ -190,7 +190,7 @@ def test_warmup_not_shorter_than_the_run_is_warned(tmp_path, capsys):
 
 
 def test_quick_sweep_runs_as_many_trials_as_the_cpus_allow():
-    from orchestrator.status import local_slots as concurrency
+    from orchestrator.sweep.status import local_slots as concurrency
     from orchestrator.spec import load
 
     quick = load("sweeps/quick.yaml")

@@ -60,7 +60,7 @@ def test_ctrl_c_prints_the_resume_command_not_rays(tmp_path):
 
 
 def test_eta_and_durations():
-    from orchestrator.status import duration, eta_seconds, summary_line
+    from orchestrator.sweep.status import duration, eta_seconds, summary_line
 
     assert duration(40) == "40s" and duration(725) == "12m 05s" and duration(5 * 3600 + 420) == "5h 07m"
     assert duration(26 * 3600) == "1d 02h" and duration(9 * 86400 + 3600) == "9d 01h"  # no 24 h wrap
@@ -76,7 +76,7 @@ def test_eta_and_durations():
 
 def test_slots_come_from_the_clusters_nodes():
     from localist.config import ConfigError
-    from orchestrator.raycluster import check_fits, request, slots
+    from orchestrator.sweep.ray_start import check_fits, request, slots
 
     nodes = [{"CPU": 32.0, "GPU": 4.0}, {"CPU": 32.0, "GPU": 4.0}, {"CPU": 8.0}]
     req = request(4, 1)
@@ -145,11 +145,11 @@ def test_slurm_gives_every_srun_its_cpus_and_make_clean_keeps_results():
 def test_a_sweep_saved_before_new_keys_existed_is_still_the_same_sweep():
     import yaml
 
-    from orchestrator.driver import _saved_spec, same_sweep
+    from orchestrator.layout import same_sweep, spec_text
     from orchestrator.spec import validate
 
     spec = validate({"name": "x", "grid": {"c": {"a": {"locality": {"peak": 0.5}}}, "seeds": [1]}}, "t")
-    old = yaml.safe_load(_saved_spec(spec))
+    old = yaml.safe_load(spec_text(spec))
     del old["keep_checkpoints"], old["save_model"]
     assert same_sweep(yaml.safe_dump(old), spec)
     assert not same_sweep(yaml.safe_dump({**old, "retries": 9}), spec)

@@ -3,7 +3,7 @@ is checked in test_sweep.py)."""
 
 import logging
 
-from orchestrator.console import Console
+from orchestrator.sweep.console import Console
 
 
 def batch(pid, *lines, is_err=False, ip="127.0.0.1"):

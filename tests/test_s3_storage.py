@@ -79,7 +79,7 @@ def test_endpoint_in_the_uri_query(moto_s3, monkeypatch):
 
 
 def test_sweep_lock_on_s3_refuses_a_second_driver(s3_env):
-    from orchestrator.lock import SweepLock, SweepLocked
+    from orchestrator.sweep.lock import SweepLock, SweepLocked
 
     with SweepLock(f"s3://{BUCKET}/locks/quick"):
         with pytest.raises(SweepLocked, match="already being run"):
@@ -103,7 +103,8 @@ def tiny_sweep(folder: Path, storage: str, seeds: tuple[int, ...] = (1,)) -> Pat
 
 
 def test_entrypoint_runs_new_and_resumes_stored_sweeps(s3_env, tmp_path, monkeypatch):
-    from orchestrator import driver, layout, submit
+    from orchestrator.sweep import driver
+    from orchestrator import layout, submit
     from orchestrator.spec import expand
 
     monkeypatch.chdir(tmp_path)
@@ -114,7 +115,7 @@ def test_entrypoint_runs_new_and_resumes_stored_sweeps(s3_env, tmp_path, monkeyp
     assert cmd[-2:] == ["--storage", f"s3://{BUCKET}/other"]
 
     expand(sp)  # as the driver does before saving the spec
-    io.write_text(layout.spec_file(sp.uri), driver._saved_spec(sp))
+    io.write_text(layout.spec_file(sp.uri), layout.spec_text(sp))
     cmd, _ = submit.entrypoint("sweeps/quick.yaml", None, tmp_path)
     assert cmd[4:] == ["resume", f"s3://{BUCKET}/entry/quick", "--address", "auto"]
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator import cli, search_run
+from orchestrator import cli
+from orchestrator.sweep import search_run
 from tests.conftest import TINY
 from tests.helpers import CLI, attempts, env, kill_session, wait_for
 

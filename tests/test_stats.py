@@ -1,4 +1,4 @@
-"""orchestrator.stats against scipy on synthetic data with known answers."""
+"""orchestrator.analysis.stats against scipy on synthetic data with known answers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from orchestrator import stats
+from orchestrator.analysis import stats
 
 
 def scipy_t_ci(x, confidence=0.95):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 
 import pandas as pd
 import pyarrow as pa
@@ -24,7 +23,9 @@ from localist import io
 from localist.outputs import trial_row
 from localist.config import TrainConfig, TrialConfig
 from orchestrator import layout
-from orchestrator.search import CELL_KEY, Group, Search, confirm_trials, groups, rank, with_values
+from orchestrator.search import CELL_KEY, Search, rank, with_values
+from orchestrator.sweep import tuners
+from orchestrator.sweep.search_plan import Group, confirm_trials, groups, started
 from orchestrator.spec import SweepSpec, Trial, cells
 
 
@@ -106,11 +107,10 @@ def _trial_index(trial_id: str) -> int:
 def _finished(sweep_uri: str, group: Group) -> dict[str, dict]:
     """trial id -> sampled values, for the group's search trials that completed, diverged or
     failed for good (ASHA-stopped trials leave no such mark: a continuation samples them again)."""
-    pattern = re.compile(re.escape(group.name) + r"__t\d+$")
     out = {}
-    for name in io.listdir(io.join(sweep_uri, "trials")):
+    for name in started(sweep_uri, group):
         d = layout.trial_dir(sweep_uri, name)
-        if not pattern.match(name) or not _ended(d) or not io.exists(io.join(d, "values.json")):
+        if not _ended(d) or not io.exists(io.join(d, "values.json")):
             continue
         out[name] = json.loads(io.read_text(io.join(d, "values.json")))
     return out
@@ -119,14 +119,13 @@ def _finished(sweep_uri: str, group: Group) -> dict[str, dict]:
 def _continue_from(spec: SweepSpec, group: Group, sweep_uri: str, log) -> dict[str, dict]:
     """Drop what a search left that Tune cannot resume (a torn or never saved experiment, the
     unfinished trials); returns its finished trials, which the new experiment starts from."""
-    pattern = re.compile(re.escape(group.name) + r"__t\d+$")
-    started = [n for n in io.listdir(io.join(sweep_uri, "trials")) if pattern.match(n)]
-    if not started:
+    names = started(sweep_uri, group)
+    if not names:
         io.delete(layout.search_tune_dir(sweep_uri, group.name))
         return {}
     # a grid cannot skip the points it enumerated: it runs whole again
     done = _finished(sweep_uri, group) if spec.search.algorithm != "grid" else {}
-    for name in started:
+    for name in names:
         if name not in done:
             io.delete(layout.trial_dir(sweep_uri, name))
     io.delete(layout.search_tune_dir(sweep_uri, group.name))
@@ -139,8 +138,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from orchestrator.driver import restore, run_callbacks, run_config
-    from orchestrator.trainable import search_trial
+    from orchestrator.sweep.trainable import search_trial
 
     search: Search = spec.search
     fn = tune.with_parameters(search_trial, cells=_trees(spec), seed=spec.seeds[0], sweep_uri=sweep_uri,
@@ -148,11 +146,11 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     uri = layout.search_tune_dir(sweep_uri, group.name)
     fs, path = io.resolve(uri)
-    callbacks = run_callbacks(spec, sweep_uri)  # trackers; the cleaner drops finished or stopped trials' checkpoints
+    callbacks = tuners.run_callbacks(spec, sweep_uri)  # trackers; the cleaner drops finished or stopped trials' checkpoints
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         problem = _state_problem(uri)
         if problem is None:
-            return restore(path, fn, fs, callbacks, _space(search, group)), True
+            return tuners.restore(path, fn, fs, callbacks, _space(search, group)), True
         log(f"[search] {group.name}: Tune's saved state is torn ({problem}): the driver stopped while writing it")
     # trials started before Tune first saved the experiment would otherwise meet new ones of their name
     done = _continue_from(spec, group, sweep_uri, log)
@@ -191,7 +189,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
             reuse_actors=True,  # a worker keeps torch imported; a stopped trial's thread ends at its next report
         ),
-        run_config=run_config(spec, path, fs, callbacks),
+        run_config=tuners.run_config(spec, path, fs, callbacks),
     )
     return tuner, False
 
@@ -240,8 +238,6 @@ def _record(spec: SweepSpec, group: Group, grid, sweep_uri: str) -> dict:
 
 def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
     """Every unfinished search, then the confirmation; returns the confirm trials ([] if none)."""
-    from orchestrator.driver import _mark_final_errors, _tuner as grid_tuner
-
     for group in groups(spec):
         if io.exists(layout.search_file(sweep_uri, group.name)):
             log(f"[search] {group.name}: finished earlier, kept")
@@ -250,7 +246,7 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
         log(f"[search] {group.name}: {'restored searcher; continuing' if restored else 'starting'} "
             f"({spec.search.algorithm}, {spec.search.num_samples} samples)")
         grid = fit(tuner) if tuner is not None else []
-        _mark_final_errors(grid, sweep_uri)
+        tuners.mark_final_errors(grid, sweep_uri)
         record = _record(spec, group, grid, sweep_uri)
         counts = pd.Series([r["status"] for r in record["trials"]]).value_counts().to_dict()
         best = record["top"][0] if record["top"] else None
@@ -261,7 +257,7 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
     if trials:
         first = [t for t in trials if t.seed in spec.search.confirm.seeds]
         log(f"[search] confirm: {len(first)} results from {len({t.run_id for t in first})} runs")
-        _mark_final_errors(fit(grid_tuner(spec, first, sweep_uri)[0], first), sweep_uri)
+        tuners.mark_final_errors(fit(tuners.grid_tuner(spec, first, sweep_uri)[0], first), sweep_uri)
         if spec.search.confirm.until:
             trials = _seed_rounds(spec, source, sweep_uri, log, fit)
     return trials
@@ -277,8 +273,6 @@ def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list
     """Sequential seeding: while a cell's ratio CI is wider than the target and it has had fewer
     than max_seeds seeds, add the next seed to it (and to the baseline cells), one round at a time.
     Each round is recorded before it runs, so a resumed driver finishes it rather than re-deciding."""
-    from orchestrator.driver import _mark_final_errors, _tuner as grid_tuner
-
     f = layout.rounds_file(sweep_uri)
     while True:
         rounds = json.loads(io.read_text(f)) if io.exists(f) else []
@@ -288,7 +282,7 @@ def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list
             if not all(_ended(layout.trial_dir(sweep_uri, t.run_id)) for t in new):
                 log(f"[search] seed round {r['seed']}: {len(new)} results for {', '.join(r['cells'])}")
                 tune_uri = io.join(sweep_uri, f"tune-seed{r['seed']}")
-                _mark_final_errors(fit(grid_tuner(spec, new, sweep_uri, tune_uri)[0], new), sweep_uri)
+                tuners.mark_final_errors(fit(tuners.grid_tuner(spec, new, sweep_uri, tune_uri)[0], new), sweep_uri)
         need = _needing_seeds(spec, trials, sweep_uri, log)
         if not need:
             return trials
@@ -299,8 +293,8 @@ def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list
 def _needing_seeds(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log) -> list[str]:
     """Cells whose eval_ppl ratio's 95% t half-width exceeds the target and that may get another
     seed, plus the baseline cells (their pairs); [] when none needs one."""
-    from orchestrator.aggregate import AggregateError, aggregate
-    from orchestrator.collect import collect
+    from orchestrator.analysis.aggregate import AggregateError, aggregate
+    from orchestrator.sweep.collect import collect
 
     until = spec.search.confirm.until
     collect(spec, trials, sweep_uri)
@@ -383,22 +377,3 @@ def finish(spec: SweepSpec, sweep_uri: str, log) -> int:
     best = df[df["search_rank"] == 1][["search_group", *spec.search.space, spec.search.metric]]
     log("[search] best per search:\n" + best.to_string(index=False))
     return int(df["status"].isin(["errored", "missing"]).sum())
-
-
-def search_trials(spec: SweepSpec, sweep_uri: str) -> list[Trial]:
-    """The search trials started so far, as trials `status` can show (config: their group's first cell)."""
-    import re
-
-    from orchestrator.spec import make_trial
-
-    by_name = {c.name: c for c in cells(spec)}
-    names = io.listdir(io.join(sweep_uri, "trials"))
-    out = []
-    for g in groups(spec):
-        pattern = re.compile(re.escape(g.name) + r"__t\d+$")
-        for name in names:
-            if pattern.match(name):
-                t = make_trial(spec, by_name[g.cells[0]], spec.seeds[0], sweep_uri, check_paths=False, trial_id=name)
-                t.run_id = name
-                out.append(t)
-    return out

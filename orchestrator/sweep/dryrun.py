@@ -128,7 +128,7 @@ def compute_lines(spec: SweepSpec, unique: dict, tokens_per_s: float | None = No
         gpus = spec.resources.gpu
         hours = [n / tokens_per_s / 3600 for n in tokens]
         unit = f"GPU-hours ({gpus:g} GPU per trial)" if gpus else f"CPU trial-hours ({spec.resources.cpu:g} CPU each)"
-        from orchestrator.status import duration
+        from orchestrator.sweep.status import duration
 
         total_h = sum(hours)
         lines.append(f"  time at {tokens_per_s:,.0f} tokens/s per trial ({tps_source}): "
@@ -159,7 +159,7 @@ def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = No
                      "mechanism": loc.mechanism, "partition": loc.partition, "lambdas": lam})
     df = pd.DataFrame(rows)
     if spec.search:  # the cells a search samples in; seeds and totals come from the search section
-        from orchestrator.search import describe
+        from orchestrator.sweep.search_plan import describe
 
         cells = df[df["seed"] == spec.seeds[0]].drop(columns=["seed", "trial_id"])
         cells["runs_as"] = cells["runs_as"].str.replace(r"__s\d+$", "", regex=True)  # searched by that cell

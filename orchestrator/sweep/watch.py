@@ -16,7 +16,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import status
+from orchestrator import layout
+from orchestrator.sweep import status
 
 FINAL = ("completed", "diverged", "stopped", "errored")
 ORDER = {"running": 0, "retrying": 1, "pending": 2, "completed": 3, "diverged": 4, "stopped": 5, "errored": 6}
@@ -64,9 +65,7 @@ def finished(rows: list[dict]) -> bool:
 
 def watch(sweep_uri: str, every: float = 2.0, once: bool = False, console: Console | None = None) -> int:
     """Refresh the table every `every` seconds until every run is final, or Ctrl-C."""
-    from orchestrator import driver
-
-    spec = driver.load_saved(sweep_uri)
+    spec = layout.load_saved(sweep_uri)
     console = console or Console(width=None if sys.stdout.isatty() else 160)  # piped: don't cut at 80
 
     def frame() -> tuple[Group, bool]:

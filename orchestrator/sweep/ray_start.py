@@ -1,4 +1,5 @@
-"""Connecting the driver to Ray and asking what the cluster can run, before any trial starts.
+"""Starting Ray for a sweep: a private local Ray on loopback, or an existing cluster attached to
+within a minute, and what that cluster can run, asked before any trial starts.
 
 Ray's own `ray.init(address=...)` retries an address that does not answer forever, and Tune
 keeps a trial whose resources no node has "pending" forever; both look like a slow start to a
@@ -110,3 +111,39 @@ def slots(req: dict[str, float], nodes: list[dict[str, float]], max_concurrent: 
     """How many trials can run at once: per node, the scarcest resource decides; then the caps."""
     per_node = sum(min(math.floor(n.get(k, 0.0) / v + 1e-9) for k, v in req.items()) if req else 1 for n in nodes)
     return max(1, min(per_node or 1, max_concurrent or n_runs, n_runs))
+
+
+# A Ray this tool starts itself serves this machine alone, so it needs no token. The one place the
+# default is set: the driver below, and the tests and benchmarks that start Ray (by name, from here).
+LOCAL_AUTH = {"RAY_AUTH_MODE": "disabled"}
+
+
+def loopback_only(ray) -> None:
+    """Make the Ray about to start here listen on 127.0.0.1 only. ray.init turns "127.0.0.1" into
+    the machine's outward address except in the single-machine mode Ray uses on macOS; its switch
+    is read from the environment by the processes Ray starts, and from a private constant by this
+    process, which has imported Ray already. Checked against the pinned Ray by the tests."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        raise RuntimeError(f"ray {ray.__version__} has no ray._private.ray_constants.ENABLE_RAY_CLUSTER: "
+                           "the local Ray could listen beyond loopback; use the Ray version pyproject.toml pins")
+    constants.ENABLE_RAY_CLUSTER = False
+
+
+def start(address: str | None, log=print) -> str:
+    """Start or attach to Ray; returns what the run is on, for messages ('local Ray', an address)."""
+    import ray
+
+    # Tune snapshots its state at every checkpoint (we want that for resume); don't warn about it.
+    # (RAY_DEDUP_LOGS and RAY_AIR_NEW_OUTPUT are set by console.Console, before Ray is imported.)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    address, source = address_and_source(address)
+    if address:
+        connect(address, source, log)
+        return f"the cluster at {address}"
+    loopback_only(ray)
+    for key, value in LOCAL_AUTH.items():
+        os.environ.setdefault(key, value)
+    ray.init(include_dashboard=False, log_to_driver=True)
+    return "the local Ray on this machine"

@@ -149,7 +149,7 @@ def summary_line(rows: list[dict], concurrency: int, started: float | None = Non
 
 
 def driver_line(sweep_uri: str) -> str:
-    from orchestrator.lock import SweepLock
+    from orchestrator.sweep.lock import SweepLock
 
     alive, who = SweepLock(sweep_uri).holder()
     return f"driver: running ({who})" if alive else f"driver: none running ({who})"
@@ -176,13 +176,13 @@ def collect_unfinished(sweep_uri: str) -> str | None:
     """For a sweep folder whose runs are not all final (still running, or stopped): collect what the
     trials have written so far into results/ and say how partial it is. None for a finished sweep or
     a folder that is not a sweep (then results/ is used as it is)."""
-    from orchestrator import driver
-    from orchestrator.collect import collect
+    from orchestrator.sweep.collect import collect
+    from orchestrator.sweep.search_plan import trials_of
 
     if not io.exists(layout.spec_file(sweep_uri)):
         return None
-    spec = driver.load_saved(sweep_uri)
-    trials = driver.trials_of(spec, sweep_uri, sweep_uri, check_paths=False)
+    spec = layout.load_saved(sweep_uri)
+    trials = trials_of(spec, sweep_uri, sweep_uri, check_paths=False)
     if not trials:  # a search that has not chosen what to confirm yet: nothing to summarise
         return None
     rows = run_states(sweep_uri, trials)
@@ -202,7 +202,6 @@ def all_trials(spec, sweep_uri: str) -> list[Trial]:
         from orchestrator.spec import expand
 
         return expand(spec, sweep_uri, check_paths=False)
-    from orchestrator.driver import trials_of
-    from orchestrator.search_run import search_trials
+    from orchestrator.sweep.search_plan import search_trials, trials_of
 
     return search_trials(spec, sweep_uri) + trials_of(spec, sweep_uri, sweep_uri, check_paths=False)

@@ -1,10 +1,10 @@
 """The sweep report: one self-contained ``report.html`` (figures embedded) plus the same PNGs.
 
-Built by ``orchestrator.aggregate.aggregate`` from the summary tables it has just computed; every
+Built by ``orchestrator.analysis.aggregate.aggregate`` from the summary tables it has just computed; every
 section says so when it has no data instead of failing, so small sweeps (one seed, one
 schedule, no comparators) still get a report.
 
-It opens with what was run (``orchestrator.provenance``) and the scale gap to GPT-2 small; the
+It opens with what was run (``orchestrator.analysis.provenance``) and the scale gap to GPT-2 small; the
 paper's headline figures appear only beside that statement and only when the run is not far
 smaller (``provenance.COMPARABLE_FRACTION``). Figures are drawn at their display size (PNG at 100
 dpi, at most 10.5 inches wide, so 1:1 in the 1100 px page) with no text under 9 pt; ratio colour
@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from localist import io as lio  # noqa: E402
-from orchestrator import provenance as prov_mod  # noqa: E402
-from orchestrator.stats import MIN_SEEDS_FOR_RANKS  # noqa: E402
-from orchestrator.aggregate import (KEYS, POSITION_METRICS, REPORT_FILES, _fmt, _fmt_p, _null,  # noqa: E402
+from orchestrator.analysis import provenance as prov_mod  # noqa: E402
+from orchestrator.analysis.stats import MIN_SEEDS_FOR_RANKS  # noqa: E402
+from orchestrator.analysis.aggregate import (KEYS, POSITION_METRICS, REPORT_FILES, _fmt, _fmt_p, _null,  # noqa: E402
                                     headline_rows, label, schedule_order)
 
 # The paper's v1 abstract (Diederich 2025, arXiv 2511.18375): shown beside ours, never computed.

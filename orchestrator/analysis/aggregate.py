@@ -7,16 +7,16 @@ and writes ``<sweep>/summary/``:
   statistics of eval_ppl, eval_loss and (where the trials recorded them) the held-out loss by
   position in the block (eval_loss_pos1, eval_loss_pos2_4, eval_loss_pos5p), and paired
   comparisons against the baseline configuration of the same schedule and seed (see
-  ``orchestrator.stats``), with ``seeds_2pct``: the paired seeds a t-test would need to detect a
+  ``orchestrator.analysis.stats``), with ``seeds_2pct``: the paired seeds a t-test would need to detect a
   2% ratio at 80% power given the observed spread of the per-seed ratios;
-- ``provenance.json``: what was run (``orchestrator.provenance``);
+- ``provenance.json``: what was run (``orchestrator.analysis.provenance``);
 - ``layers.parquet``: one row per (cell, layer, quantity): mean and t interval over seeds of the
   per-layer lambda, entropy_bits, entropy_norm and in_block_mass at each trial's last step;
 - ``curves.parquet``: one row per (cell, split, step, metric): mean and t interval over seeds of
   the training and eval loss/perplexity curves;
 - ``excluded.parquet``: the trials that were not averaged in (diverged, errored, missing, or
   completed without a finite metric), with the reason;
-- ``report.html`` and its figures as PNG files (``orchestrator.report``), unless ``report=False``;
+- ``report.html`` and its figures as PNG files (``orchestrator.analysis.report``), unless ``report=False``;
   then an older report and its figures are removed so they never contradict the new tables.
 
 Only ``status == "completed"`` trials with finite metrics are averaged; every other trial is
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from localist import io as lio
-from orchestrator import stats
+from orchestrator.analysis import stats
 
 METRICS = ("eval_ppl", "eval_loss")  # a trial is usable only with both finite
 POSITION_METRICS = ("eval_loss_pos1", "eval_loss_pos2_4", "eval_loss_pos5p")  # optional, by block position
@@ -478,7 +478,7 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
     "notes" (dict: section -> why it has no data)}.
     Raises AggregateError for user errors (no results, unknown baseline).
     """
-    from orchestrator import provenance
+    from orchestrator.analysis import provenance
 
     results = lio.join(sweep_uri, "results")
     summary = lio.join(sweep_uri, "summary")
@@ -492,9 +492,9 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
                               len(excluded))
 
     notes: dict[str, str] = {"partial": partial} if partial else {}
-    from orchestrator.search import report_note
+    from orchestrator.analysis.search_note import report_note
 
-    if search_note := report_note(sweep_uri):  # a search sweep's confirmation (orchestrator/search.py)
+    if search_note := report_note(sweep_uri):  # a search sweep's confirmation (orchestrator/analysis/search_note.py)
         notes["search"] = search_note
     ids = ("trial_id", "run_trial_id")
     layers = _optional_frame(lio.join(results, "layers.parquet"),
@@ -516,7 +516,7 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
 
     report_uri, removed = None, []
     if report:
-        from orchestrator import report as rep
+        from orchestrator.analysis import report as rep
 
         picks = rep.pick_attention_trials(trials, cells, base)
         attention = _load_attention(results, picks, notes)

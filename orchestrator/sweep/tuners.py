@@ -1,0 +1,115 @@
+"""The Ray Tune plumbing every Tuner of a sweep shares (grid, search, seed rounds): its run config
+and callbacks, restore with this run's callbacks, checkpoint removal, final errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from localist import io
+from orchestrator import layout, tracking
+from orchestrator.spec import SweepSpec, Trial, runs
+
+
+def remove_checkpoints(trial_tune_dir: str) -> None:
+    for name in io.listdir(trial_tune_dir):
+        if name.startswith("checkpoint_"):
+            io.delete(io.join(trial_tune_dir, name))
+
+
+def finished_checkpoints_removed(sweep_uri: str, trials: list[Trial]) -> None:
+    """A trial with a result is never resumed: its Tune checkpoints only cost storage."""
+    tune_dir = layout.tune_dir(sweep_uri)
+    for run_id in runs(trials):
+        if io.exists(io.join(layout.trial_dir(sweep_uri, run_id), "trial.parquet")):
+            remove_checkpoints(io.join(tune_dir, run_id))
+
+
+def checkpoint_cleaner():
+    """A Tune callback that removes a trial's checkpoints as soon as it completes (not on error:
+    an errored trial is retried from its checkpoint by `resume`)."""
+    from ray import tune
+
+    class RemoveFinishedCheckpoints(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            import pyarrow.fs as pafs
+
+            try:  # Tune's own view of where the trial lives, right even for a moved sweep folder
+                fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+                for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+                    if entry.base_name.startswith("checkpoint_") and entry.type == pafs.FileType.Directory:
+                        fs.delete_dir(entry.path)
+            except Exception:  # never fail the sweep over this: the pass after fit() removes them too
+                pass
+
+    return RemoveFinishedCheckpoints()
+
+
+def run_callbacks(spec: SweepSpec, sweep_uri: str) -> list:
+    """Tune callbacks of every Tuner of a sweep: the trackers, then the checkpoint cleaner."""
+    return tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [checkpoint_cleaner()]
+
+
+def run_config(spec: SweepSpec, path: str, fs, callbacks: list):
+    """What every Tuner of a sweep shares: its storage folder, trackers, retries, kept checkpoints."""
+    from ray import tune
+
+    parent, name = path.rstrip("/").rsplit("/", 1)
+    return tune.RunConfig(name=name, storage_path=parent, storage_filesystem=fs, verbose=0, callbacks=callbacks,
+                          failure_config=tune.FailureConfig(max_failures=spec.retries),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints))
+
+
+def restore(path: str, fn, fs, callbacks: list, param_space: dict | None = None):
+    """Tuner.restore with this run's callbacks: Tune would reuse those pickled by the first run
+    (the spec's tracking may have changed since). Ray Client tuners keep theirs (no public hook)."""
+    from ray import tune
+
+    # param_space again: a searcher restored from state saved before it took the space needs it
+    tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs,
+                               param_space=param_space)
+    local = getattr(tuner, "_local_tuner", None)
+    if local is not None:
+        local.get_run_config().callbacks = callbacks
+    return tuner
+
+
+def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str | None = None):
+    """tune_uri: the experiment folder (default <sweep>/tune; a search's later seed rounds use others)."""
+    from ray import tune
+
+    from orchestrator.sweep.trainable import sweep_trial
+
+    run_cfgs = {k: v.model_dump(mode="json") for k, v in runs(trials).items()}
+    fn = tune.with_parameters(sweep_trial, runs=run_cfgs, sweep_uri=sweep_uri, cpus=spec.resources.cpu)
+    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    # Tune gets the same pyarrow filesystem our own files use, so local paths, file://, s3://
+    # (with an endpoint override) and gs:// all behave alike.
+    fs, path = io.resolve(tune_uri or layout.tune_dir(sweep_uri))
+    callbacks = run_callbacks(spec, sweep_uri)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        return restore(path, fn, fs, callbacks), True
+    tuner = tune.Tuner(
+        fn,
+        param_space=tracking.param_space(run_cfgs),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=spec.max_concurrent,
+            trial_name_creator=lambda t: t.config["trial_id"],
+            trial_dirname_creator=lambda t: t.config["trial_id"],
+            reuse_actors=True,  # a worker keeps torch/transformers imported between trials
+        ),
+        run_config=run_config(spec, path, fs, callbacks),
+    )
+    return tuner, False
+
+
+def mark_final_errors(grid, sweep_uri: str) -> None:
+    """A trial that failed every retry: its error.json becomes final (status 'errored')."""
+    for r in grid:
+        if r.error is None:
+            continue
+        tid = r.config.get("trial_id") or os.path.basename(r.path.rstrip("/"))  # search trials: named by Tune
+        f = io.join(layout.trial_dir(sweep_uri, tid), "error.json")
+        err = json.loads(io.read_text(f)) if io.exists(f) else {"error": str(r.error).splitlines()[-1]}
+        err["final"] = True
+        io.write_text(f, json.dumps(err))
