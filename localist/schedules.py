@@ -6,6 +6,9 @@ from localist.config import LocalityConfig
 
 # The paper's five progressive schedules are polynomials of these powers.
 POWER_NAMES = {1: "linear", 2: "quadratic", 3: "cubic", 4: "quartic", 5: "quintic"}
+UNIFORM = "uniform"  # every layer at the peak
+# The names sweeps give their schedules, in the order reports list them.
+SCHEDULE_NAMES = (*POWER_NAMES.values(), UNIFORM)
 
 
 def polynomial(n_layer: int, peak: float, power: float) -> list[float]:

@@ -58,6 +58,29 @@ def summary_dir(sweep_uri: str) -> str:
     return io.join(sweep_uri, "summary")
 
 
+def summary_table(sweep_uri: str, name: str) -> str:
+    """summary/<name>.parquet: aggregate's cells, layers, curves and excluded tables."""
+    return io.join(summary_dir(sweep_uri), f"{name}.parquet")
+
+
+def provenance_file(sweep_uri: str) -> str:
+    """What the sweep ran, as aggregate found it."""
+    return io.join(summary_dir(sweep_uri), "provenance.json")
+
+
+def report_file(sweep_uri: str) -> str:
+    return io.join(summary_dir(sweep_uri), "report.html")
+
+
+# The report's figures, in its order; each is also saved beside it as summary/<figure>.
+REPORT_FIGURES = ("ratio_heatmap.png", "ratio_by_peak.png", "positions.png", "layers.png", "curves.png",
+                  "attention.png")
+
+
+def figure_file(sweep_uri: str, figure: str) -> str:
+    return io.join(summary_dir(sweep_uri), figure)
+
+
 def search_tune_dir(sweep_uri: str, group: str) -> str:
     return io.join(sweep_uri, "tune-search", group)
 
