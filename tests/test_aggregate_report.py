@@ -16,6 +16,7 @@ import pytest
 from scipy import stats as sps
 
 from localist import io as lio
+from localist.errors import UserError
 from orchestrator.analysis import stats
 from orchestrator.analysis.aggregate import AggregateError, aggregate
 
@@ -248,6 +249,7 @@ def test_baseline_choice_and_errors(tmp_path):
     with pytest.raises(AggregateError, match="no results"):
         aggregate(str(tmp_path / "nothing"), report=False, echo=quiet)
     assert issubclass(AggregateError, ValueError)
+    assert issubclass(AggregateError, UserError)  # the CLI's exit 2 for errors the user can fix
 
 
 def test_layers_use_last_step_and_dedupe_shared_runs(tmp_path):
@@ -418,17 +420,18 @@ def test_benchmark_quick(capsys):
 
 def test_ratio_colour_map_is_centred_and_symmetric(known):
     """The heatmap's own norm: white at 1.0, symmetric, at least +-5% even when the data span less."""
-    from orchestrator.analysis import report as rep
+    from orchestrator.analysis import figures
+    from orchestrator.analysis.report_input import ReportInput
 
-    assert (rep.ratio_norm([0.997, 1.001]).vmin, rep.ratio_norm([0.997, 1.001]).vmax) == (
+    assert (figures.ratio_norm([0.997, 1.001]).vmin, figures.ratio_norm([0.997, 1.001]).vmax) == (
         pytest.approx(0.95), pytest.approx(1.05))
-    wide = rep.ratio_norm([0.9, 1.2, np.nan])
+    wide = figures.ratio_norm([0.9, 1.2, np.nan])
     assert (wide.vcenter, wide.vmin, wide.vmax) == (1.0, pytest.approx(0.8), pytest.approx(1.2))
     root, _, _, cells = known
-    data = rep.ReportInput(sweep_uri=root, baseline="peak-0", trials=pd.DataFrame(), cells=pd.DataFrame(),
-                           cell_stats=cells, layers=pd.DataFrame(), curves=pd.DataFrame(),
-                           excluded=pd.DataFrame())
-    fig = rep.fig_ratio_heatmap(data)
+    data = ReportInput(sweep_uri=root, baseline="peak-0", trials=pd.DataFrame(), cells=pd.DataFrame(),
+                       cell_stats=cells, layers=pd.DataFrame(), curves=pd.DataFrame(),
+                       excluded=pd.DataFrame())
+    fig = figures.fig_ratio_heatmap(data)
     norm = fig.axes[0].images[0].norm
     ratios = cells.loc[(cells.metric == "eval_ppl") & cells.comparator.isna(), "ratio_mean"].dropna()
     assert norm.vcenter == 1.0 and norm(1.0) == pytest.approx(0.5)
@@ -439,29 +442,32 @@ def test_ratio_colour_map_is_centred_and_symmetric(known):
 
 
 def test_figure_text_is_at_least_9pt_and_fits_the_page(tmp_path):
-    """Every figure of a full report, drawn as report.render draws it."""
+    """Every figure of a full report, drawn as figures.draw draws it."""
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
 
     from orchestrator.analysis import aggregate as agg
-    from orchestrator.analysis import report as rep
+    from orchestrator.analysis import figures, tables
+    from orchestrator.analysis.cells import attach_cells, cell_table
+    from orchestrator.analysis.report_input import ReportInput
 
     root = str(tmp_path / "sweep")
     load_benchmark().build_results(root, steps=3000, layers=600, seeds=(1, 2, 3))
-    trials = agg.load_trials(root)
-    cells = agg.cell_table(trials, "peak-0")
-    trials = agg._attach_cells(trials, cells)
+    trials = tables.load_trials(root)
+    cells = cell_table(trials, "peak-0")
+    trials = attach_cells(trials, cells)
     stats_ = agg.cell_statistics(trials, cells, bootstrap=False)
     ids = ["trial_id", "run_trial_id"]
     steps = pd.read_parquet(os.path.join(root, "results", "steps.parquet"),
-                            columns=ids + ["split", "step", *agg.CURVE_METRICS])
+                            columns=ids + ["split", "step", *tables.CURVE_METRICS])
     layers = pd.read_parquet(os.path.join(root, "results", "layers.parquet"),
-                             columns=ids + ["step", "layer", *agg.LAYER_QUANTITIES])
-    data = rep.ReportInput(sweep_uri=root, baseline="peak-0", trials=trials, cells=cells, cell_stats=stats_,
-                           layers=agg.layer_statistics(layers, trials, cells),
-                           curves=agg.curve_statistics(steps, trials, cells), excluded=agg.excluded_trials(trials))
-    makers = (rep.fig_ratio_heatmap, rep.fig_ratio_by_peak, rep.fig_positions, rep.fig_layers, rep.fig_curves)
-    with plt.rc_context(rep.FONTS):
+                             columns=ids + ["step", "layer", *tables.LAYER_QUANTITIES])
+    data = ReportInput(sweep_uri=root, baseline="peak-0", trials=trials, cells=cells, cell_stats=stats_,
+                       layers=agg.layer_statistics(layers, trials, cells),
+                       curves=agg.curve_statistics(steps, trials, cells), excluded=agg.excluded_trials(trials))
+    makers = (figures.fig_ratio_heatmap, figures.fig_ratio_by_peak, figures.fig_positions, figures.fig_layers,
+              figures.fig_curves)
+    with plt.rc_context(figures.FONTS):
         for make in makers:
             fig = make(data)
             assert fig is not None, make.__name__

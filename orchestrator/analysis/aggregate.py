@@ -1,7 +1,8 @@
 """Aggregate a sweep's consolidated results into seed statistics, a summary and a report.
 
-Reads ``<sweep>/results/{trials,steps,layers,attention}.parquet`` (only ``trials`` is required)
-and writes ``<sweep>/summary/``:
+``aggregate`` is the entry point (the CLI, the driver and search sweeps call it). It reads
+``results/`` (``orchestrator.analysis.tables``), builds the cells (``orchestrator.analysis.cells``),
+computes the statistics here and writes ``summary/`` (file names from ``orchestrator.layout``):
 
 - ``cells.parquet``: one row per (configuration, schedule, comparator, metric) with seed
   statistics of eval_ppl, eval_loss and (where the trials recorded them) the held-out loss by
@@ -25,28 +26,22 @@ counted and listed. Large tables (steps, layers) are reduced with vectorised gro
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from localist import io as lio
-from orchestrator.analysis import stats
+from orchestrator import layout
+from orchestrator.analysis import provenance, stats, tables
+from orchestrator.analysis.cells import (KEYS, attach_cells, cell_table, focus_configuration, is_null,
+                                         resolve_baseline, schedule_order)
+from orchestrator.analysis.errors import AggregateError  # noqa: F401 (callers import it from here)
+from orchestrator.analysis.formatting import terminal_table
+from orchestrator.analysis.report_input import ReportInput, pick_attention_trials
+from orchestrator.analysis.search_note import report_note
+from orchestrator.analysis.tables import CURVE_METRICS, LAYER_QUANTITIES, METRICS, POSITION_METRICS
 
-METRICS = ("eval_ppl", "eval_loss")  # a trial is usable only with both finite
-POSITION_METRICS = ("eval_loss_pos1", "eval_loss_pos2_4", "eval_loss_pos5p")  # optional, by block position
-LAYER_QUANTITIES = ("lambda", "entropy_bits", "entropy_norm", "in_block_mass")
-CURVE_METRICS = ("loss", "ppl")
-SCHEDULE_ORDER = ("linear", "quadratic", "cubic", "quartic", "quintic", "uniform")
-KEYS = ("configuration", "schedule", "comparator")
-TRIAL_REQUIRED = ("trial_id", "configuration", "schedule", "comparator", "seed", "status",
-                  "eval_loss", "eval_ppl")
-TRIAL_OPTIONAL = ("run_trial_id", "error", "locality.peak") + POSITION_METRICS
-PEAK = "locality.peak"
 CELL_COLUMNS = (
     "configuration", "schedule", "comparator", "metric", "peak", "is_baseline", "n_trials",
     "n_excluded", "n_seeds", "mean", "std", "sem", "ci_low", "ci_high", "boot_low", "boot_high",
@@ -54,182 +49,11 @@ CELL_COLUMNS = (
     "ratio_ci_high", "ratio_std", "seeds_2pct", "p_ttest", "p_wilcoxon", "p_holm",
     "p_wilcoxon_holm", "d_z", "note",
 )
-REPORT_FILES = ("report.html", "ratio_heatmap.png", "ratio_by_peak.png", "positions.png", "layers.png",
-                "curves.png", "attention.png")
 MOMENT_COLUMNS = ("n_seeds", "mean", "std", "sem", "ci_low", "ci_high")
 
 
-class AggregateError(ValueError):
-    """A user error (no results, unknown baseline, malformed results): the CLI exits with 2."""
-
-
 # --------------------------------------------------------------------------------------------
-# reading
-
-
-def _read(uri: str, columns: tuple[str, ...], required: tuple[str, ...] = (),
-          filter_expr=None) -> pa.Table | None:
-    """The wanted columns that exist of a Parquet file or dataset; None when it is absent.
-
-    Raises AggregateError when a required column is missing.
-    """
-    if not lio.exists(uri):
-        return None
-    fs, path = lio.resolve(uri)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    names = dataset.schema.names
-    missing = [c for c in required if c not in names]
-    if missing and dataset.count_rows() == 0:
-        return pa.table({})  # an empty table written without its data columns
-    if missing:
-        raise AggregateError(f"{uri} lacks the column(s) {', '.join(missing)}")
-    return dataset.to_table(columns=[c for c in columns if c in names], filter=filter_expr)
-
-
-def _optional_frame(uri: str, columns: tuple[str, ...], required: tuple[str, ...],
-                    notes: dict, section: str) -> pd.DataFrame | None:
-    """A results table as pandas (strings as categoricals), or None with a note in ``notes``."""
-    try:
-        table = _read(uri, columns, required)
-    except AggregateError as exc:
-        notes[section] = str(exc)
-        return None
-    if table is None or table.num_rows == 0:
-        notes[section] = f"no {section} data ({uri} {'is empty' if table is not None else 'is absent'})"
-        return None
-    return table.to_pandas(strings_to_categorical=True)
-
-
-def _clean_label(series: pd.Series) -> pd.Series:
-    """String labels as object dtype with None for null or empty."""
-    out = series.astype(object)
-    return out.where(out.notna() & (out.astype(str) != ""), None).astype(object)
-
-
-def load_trials(sweep_uri: str) -> pd.DataFrame:
-    uri = lio.join(sweep_uri, "results", "trials.parquet")
-    table = _read(uri, TRIAL_REQUIRED + TRIAL_OPTIONAL, TRIAL_REQUIRED)
-    if table is None:
-        raise AggregateError(f"no results at {sweep_uri}: {uri} does not exist "
-                             "(has the sweep run and been collected?)")
-    if table.num_rows == 0:
-        raise AggregateError(f"no results at {sweep_uri}: {uri} has no rows")
-    df = table.to_pandas()
-    for col in KEYS + ("trial_id", "run_trial_id", "status", "error"):
-        if col in df:
-            df[col] = _clean_label(df[col])
-    df["status"] = df["status"].fillna("missing").str.lower()
-    if "run_trial_id" not in df:
-        df["run_trial_id"] = df["trial_id"]
-    df["run_trial_id"] = df["run_trial_id"].fillna(df["trial_id"])
-    if "error" not in df:
-        df["error"] = None
-    df[PEAK] = pd.to_numeric(df[PEAK], errors="coerce") if PEAK in df else np.nan
-    for m in METRICS + tuple(p for p in POSITION_METRICS if p in df):
-        df[m] = pd.to_numeric(df[m], errors="coerce").astype(float)
-        df.loc[~np.isfinite(df[m]), m] = np.nan
-    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
-    # a comparator row is one with a comparator name, whatever else it carries
-    comp = df["comparator"].notna()
-    df.loc[comp, ["configuration", "schedule"]] = None
-    return df.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------------------
-# cells, ordering and the baseline
-
-
-def _null(x) -> bool:
-    """True for a missing label (None, NaN, pd.NA)."""
-    return x is None or bool(pd.isna(x))
-
-
-def _natural(name) -> tuple:
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t)
-                 for t in re.split(r"(\d+)", "" if _null(name) else str(name)))
-
-
-def configuration_order(trials: pd.DataFrame) -> list[str]:
-    """Grid configurations ordered by peak locality (then name)."""
-    grid = trials[trials["comparator"].isna() & trials["configuration"].notna()]
-    peaks = grid.groupby("configuration")[PEAK].first()
-    return sorted(peaks.index, key=lambda c: (not np.isfinite(peaks[c]),
-                                              peaks[c] if np.isfinite(peaks[c]) else 0.0,
-                                              _natural(c)))
-
-
-def schedule_order(names) -> list:
-    known = {s: i for i, s in enumerate(SCHEDULE_ORDER)}
-    present = {n for n in names if not _null(n)}
-    return sorted(present, key=lambda s: (known.get(s, len(known)), _natural(s)))
-
-
-def resolve_baseline(trials: pd.DataFrame, baseline: str | None = None) -> str:
-    """The baseline configuration: ``baseline`` if given, else the one whose peak is 0."""
-    configs = configuration_order(trials)
-    if not configs:
-        raise AggregateError("the results hold no grid configurations (only comparators), "
-                             "so there is no baseline to compare against")
-    valid = ", ".join(configs)
-    if baseline is not None:
-        if baseline not in configs:
-            raise AggregateError(f"unknown baseline configuration {baseline!r}; valid: {valid}")
-        return baseline
-    peaks = trials[trials["comparator"].isna()].groupby("configuration")[PEAK].first()
-    if np.isfinite(peaks.to_numpy(dtype=float)).any():
-        zero = [c for c in configs if peaks.get(c) == 0]
-        what = "locality.peak == 0"
-    else:
-        zero = [c for c in configs
-                if re.fullmatch(r"(peak[-_]?0+(\.0+)?|baseline|distributed)", str(c).lower())]
-        what = "a name like 'peak-0'"
-    if len(zero) == 1:
-        return zero[0]
-    if not zero:
-        raise AggregateError(f"no configuration has {what}; pass --baseline, one of: {valid}")
-    raise AggregateError(f"several configurations have {what} ({', '.join(zero)}); "
-                         f"pass --baseline, one of: {valid}")
-
-
-def cell_table(trials: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """One row per grid cell and comparator, in report order; index = cell id."""
-    configs = configuration_order(trials)
-    scheds = schedule_order(trials["schedule"].unique())
-    rank_c = {c: i for i, c in enumerate(configs)}
-    rank_s = {s: i for i, s in enumerate(scheds)}
-    keys = trials[list(KEYS)].drop_duplicates()
-    peaks = trials.groupby(trials["configuration"].fillna(trials["comparator"]))[PEAK].first()
-    rows = []
-    for conf, sched, comp in keys.itertuples(index=False):
-        conf, sched, comp = (None if _null(v) else v for v in (conf, sched, comp))
-        if comp is not None:
-            order = (1, 0, 0, _natural(comp))
-            peak = peaks.get(comp, np.nan)
-        else:
-            order = (0, rank_c.get(conf, len(rank_c)), rank_s.get(sched, len(rank_s)), ())
-            peak = peaks.get(conf, np.nan)
-        rows.append({"configuration": conf, "schedule": sched, "comparator": comp,
-                     "peak": np.nan if _null(peak) else float(peak),
-                     "is_baseline": comp is None and conf == baseline, "_order": order})
-    cells = pd.DataFrame({k: pd.Series([r[k] for r in rows], dtype=object if k in KEYS else None)
-                          for k in rows[0]})
-    cells = cells.iloc[sorted(range(len(cells)), key=lambda i: cells["_order"].iloc[i])]
-    return cells.drop(columns="_order").reset_index(drop=True)
-
-
-def label(configuration, schedule, comparator) -> str:
-    if not _null(comparator):
-        return str(comparator)
-    return str(configuration) if _null(schedule) else f"{configuration}/{schedule}"
-
-
-def _attach_cells(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    key = cells[list(KEYS)].astype(object).fillna("\x00")
-    ids = {tuple(k): i for i, k in zip(cells.index, key.itertuples(index=False))}
-    tkey = trials[list(KEYS)].astype(object).fillna("\x00")
-    out = trials.copy()
-    out["cell"] = [ids[tuple(k)] for k in tkey.itertuples(index=False)]
-    return out
+# which trials count
 
 
 def excluded_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -255,7 +79,7 @@ def _baseline_values(vals: pd.DataFrame, cells: pd.DataFrame, sched_rank: dict) 
     base = vals[vals["cell"].isin(base_cells)].copy()
     base["_rank"] = base["schedule"].map(lambda s: sched_rank.get(s, len(sched_rank)))
     # a grid without a schedule axis has null schedules: one key (None) however pandas spells them
-    by_sched = {None if _null(s) else s: dict(zip(g["seed"], g["value"]))
+    by_sched = {None if is_null(s) else s: dict(zip(g["seed"], g["value"]))
                 for s, g in base.groupby("schedule", dropna=False)}
     first = base.sort_values(["_rank", "seed"]).drop_duplicates("seed")
     return by_sched, dict(zip(first["seed"], first["value"]))
@@ -278,7 +102,7 @@ def metrics_present(trials: pd.DataFrame) -> list[str]:
 def cell_statistics(trials: pd.DataFrame, cells: pd.DataFrame, bootstrap: bool = True) -> pd.DataFrame:
     """The long cells table: per cell and metric, seed statistics and paired comparisons."""
     sched_rank = {s: i for i, s in enumerate(schedule_order(trials["schedule"].unique()))}
-    base_schedules = {None if _null(s) else s for s in cells.loc[cells["is_baseline"], "schedule"]}
+    base_schedules = {None if is_null(s) else s for s in cells.loc[cells["is_baseline"], "schedule"]}
     groups = dict(tuple(trials.groupby("cell")))
     usable = trials[trials["status"] == "completed"]
     rows = []
@@ -301,8 +125,8 @@ def cell_statistics(trials: pd.DataFrame, cells: pd.DataFrame, bootstrap: bool =
             if cell["is_baseline"]:
                 notes.insert(0, "baseline")
             else:
-                grid = _null(cell["comparator"])
-                sched = None if _null(cell["schedule"]) else cell["schedule"]
+                grid = is_null(cell["comparator"])
+                sched = None if is_null(cell["schedule"]) else cell["schedule"]
                 if grid and sched in base_schedules:
                     base = base_by_sched.get(sched, {})
                 else:
@@ -408,62 +232,6 @@ def curve_statistics(steps: pd.DataFrame | None, trials: pd.DataFrame, cells: pd
 
 
 # --------------------------------------------------------------------------------------------
-# writing and the terminal table
-
-
-def _write(df: pd.DataFrame, uri: str) -> None:
-    frame = df.copy()
-    for col in frame.columns:
-        if frame[col].dtype == object or isinstance(frame[col].dtype, pd.CategoricalDtype):
-            frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
-    lio.write_parquet(pa.Table.from_pandas(frame, preserve_index=False), uri)
-
-
-def _fmt(x, digits: int = 2) -> str:
-    return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _fmt_p(p) -> str:
-    if p is None or not np.isfinite(p):
-        return "-"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
-
-
-def headline_rows(cells: pd.DataFrame, metric: str = "eval_ppl") -> pd.DataFrame:
-    """The rows of one metric for display; identical baseline rows (one shared run) collapsed."""
-    rows = cells[cells["metric"] == metric].copy()
-    rows["label"] = [label(*k) for k in rows[list(KEYS)].itertuples(index=False)]
-    base = rows[rows["is_baseline"]]
-    if len(base) > 1 and base[["n_seeds", "mean", "std"]].astype(float).round(12).drop_duplicates().shape[0] == 1:
-        keep = base.index[0]
-        rows = rows.drop(index=base.index[1:])
-        rows.loc[keep, "label"] = f"{base['configuration'].iloc[0]} (all schedules)"
-    return rows.reset_index(drop=True)
-
-
-def terminal_table(cells: pd.DataFrame, baseline: str, excluded: pd.DataFrame) -> str:
-    rows = headline_rows(cells)
-    table = [("cell", "n", "eval_ppl", "95% CI", "ratio", "ratio 95% CI", "p_holm", "d_z", "note")]
-    for r in rows.itertuples(index=False):
-        ratio = "baseline" if r.is_baseline else _fmt(r.ratio_mean, 3)
-        ratio_ci = "" if r.is_baseline else f"[{_fmt(r.ratio_ci_low, 3)}, {_fmt(r.ratio_ci_high, 3)}]"
-        table.append((r.label, str(r.n_seeds), _fmt(r.mean), f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
-                      ratio, ratio_ci, _fmt_p(r.p_holm), _fmt(r.d_z),
-                      "" if r.is_baseline else str(r.note)))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = [f"eval_ppl against baseline {baseline!r} (same seed; p: paired t-test, Holm)"]
-    for j, row in enumerate(table):
-        cols = (v.ljust(w) if i in (0, len(row) - 1) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
-        lines.append("  ".join(cols).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    if len(excluded):
-        counts = excluded["reason"].value_counts().sort_index()
-        lines.append(f"excluded {len(excluded)} trial(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -478,55 +246,44 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
     "notes" (dict: section -> why it has no data)}.
     Raises AggregateError for user errors (no results, unknown baseline).
     """
-    from orchestrator.analysis import provenance
-
-    results = lio.join(sweep_uri, "results")
-    summary = lio.join(sweep_uri, "summary")
-    trials = load_trials(sweep_uri)
+    trials = tables.load_trials(sweep_uri)
     base = resolve_baseline(trials, baseline)
     cells = cell_table(trials, base)
-    trials = _attach_cells(trials, cells)
+    trials = attach_cells(trials, cells)
     excluded = excluded_trials(trials)
     cell_stats = cell_statistics(trials, cells)
-    prov = provenance.collect(sweep_uri, _read(lio.join(results, "trials.parquet"), provenance.COLUMNS).to_pandas(),
-                              len(excluded))
+    prov = provenance.collect(sweep_uri, tables.load_trial_columns(sweep_uri, provenance.COLUMNS), len(excluded))
 
     notes: dict[str, str] = {"partial": partial} if partial else {}
-    from orchestrator.analysis.search_note import report_note
-
-    if search_note := report_note(sweep_uri):  # a search sweep's confirmation (orchestrator/analysis/search_note.py)
+    if search_note := report_note(sweep_uri):  # a search sweep's confirmation
         notes["search"] = search_note
-    ids = ("trial_id", "run_trial_id")
-    layers = _optional_frame(lio.join(results, "layers.parquet"),
-                             ids + ("step", "layer") + LAYER_QUANTITIES, ("trial_id", "step", "layer"),
-                             notes, "layers")
+    layers = tables.load_layers(sweep_uri, notes)
     layer_stats = layer_statistics(layers, trials, cells)
     del layers
-    steps = _optional_frame(lio.join(results, "steps.parquet"),
-                            ids + ("split", "step") + CURVE_METRICS, ("trial_id", "split", "step"),
-                            notes, "steps")
+    steps = tables.load_steps(sweep_uri, notes)
     curves = curve_statistics(steps, trials, cells)
     del steps
 
     written = []
     for df, name in ((cell_stats, "cells"), (layer_stats, "layers"), (curves, "curves"), (excluded, "excluded")):
-        written.append(lio.join(summary, f"{name}.parquet"))
-        _write(df, written[-1])
-    written.append(provenance.write(summary, prov))
+        written.append(layout.summary_table(sweep_uri, name))
+        tables.write_table(df, written[-1])
+    written.append(provenance.write(sweep_uri, prov))
 
     report_uri, removed = None, []
     if report:
-        from orchestrator.analysis import report as rep
+        from orchestrator.analysis import report as rep  # here: matplotlib is loaded only to draw a report
 
-        picks = rep.pick_attention_trials(trials, cells, base)
-        attention = _load_attention(results, picks, notes)
-        report_uri = rep.write_report(
-            summary, rep.ReportInput(
-                sweep_uri=sweep_uri, baseline=base, trials=trials, cells=cells, cell_stats=cell_stats,
-                layers=layer_stats, curves=curves, excluded=excluded, attention=attention,
-                attention_picks=picks, notes=notes, provenance=prov))
+        focus = focus_configuration(cells, base)
+        picks = pick_attention_trials(trials, base, focus)
+        attention = tables.load_attention(sweep_uri, picks, notes)
+        report_uri = rep.write_report(ReportInput(
+            sweep_uri=sweep_uri, baseline=base, trials=trials, cells=cells, cell_stats=cell_stats,
+            layers=layer_stats, curves=curves, excluded=excluded, attention=attention,
+            attention_picks=picks, notes=notes, provenance=prov, focus=focus))
     else:  # an older report would contradict the tables just written
-        removed = [uri for uri in (lio.join(summary, f) for f in REPORT_FILES) if lio.exists(uri)]
+        old = [layout.report_file(sweep_uri), *(layout.figure_file(sweep_uri, f) for f in layout.REPORT_FIGURES)]
+        removed = [uri for uri in old if lio.exists(uri)]
         for uri in removed:
             lio.delete(uri)
     if partial:
@@ -540,34 +297,3 @@ def aggregate(sweep_uri: str, baseline: str | None = None, report: bool = True,
     return {"cells": cell_stats, "layers": layer_stats, "curves": curves, "excluded": excluded,
             "baseline": base, "report": report_uri, "provenance": prov, "written": written,
             "removed": removed, "notes": notes}
-
-
-def _load_attention(results: str, picks: list[dict], notes: dict) -> pd.DataFrame | None:
-    """The attention rows of the picked trials only (the file can be large)."""
-    uri = lio.join(results, "attention.parquet")
-    if not picks:
-        notes["attention"] = "no trial to show attention for"
-        return None
-    wanted = ("trial_id", "run_trial_id", "layer", "query", "key", "weight", "token")
-    try:
-        if not lio.exists(uri):
-            notes["attention"] = f"no attention data ({uri} is absent)"
-            return None
-        fs, path = lio.resolve(uri)
-        names = pads.dataset(path, filesystem=fs, format="parquet").schema.names
-        ids = sorted({p["trial_id"] for p in picks} | {p["run_trial_id"] for p in picks})
-        expr = pc.field("trial_id").isin(ids)
-        if "run_trial_id" in names:
-            expr = expr | pc.field("run_trial_id").isin(ids)
-        table = _read(uri, wanted, ("trial_id", "layer", "query", "key", "weight"), expr)
-    except AggregateError as exc:
-        notes["attention"] = str(exc)
-        return None
-    if table is None or table.num_rows == 0:
-        notes["attention"] = "no attention rows for the picked trials"
-        return None
-    df = table.to_pandas()
-    for col in ("trial_id", "run_trial_id"):
-        if col in df:
-            df[col] = df[col].astype(object)
-    return df

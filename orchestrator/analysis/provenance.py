@@ -7,8 +7,7 @@ were deduplicated or excluded, the package versions and devices of the trials, a
 time. The git commit is that of the code doing the aggregation (its source folder, else the
 working directory), taken when git and a repository are there, else left empty.
 
-``scale_gap`` compares the run with GPT-2 small, the model the paper localises, and decides
-whether the paper's figures may stand beside ours (``COMPARABLE_FRACTION``).
+The record is written with its scale gap to GPT-2 small (``orchestrator.analysis.paper.scale_gap``).
 """
 
 from __future__ import annotations
@@ -23,14 +22,8 @@ import pandas as pd
 import yaml
 
 from localist import io as lio
-
-GPT2_SMALL_PARAMS = 124_439_808  # GPT-2 small with its tied 50257 x 768 embedding
-# OpenAI published no token count for WebText (40 GB of text); its open reproduction
-# OpenWebText is about 9.0e9 GPT-2 tokens (nanoGPT's prepare script), used as the reference.
-GPT2_SMALL_TOKENS = 9.0e9
-# The rule: the paper's figures are shown beside ours only when our model has at least this
-# fraction of GPT-2 small's parameters; smaller runs cannot confirm or refute them.
-COMPARABLE_FRACTION = 0.10
+from orchestrator import layout
+from orchestrator.analysis.paper import scale_gap
 
 COLUMNS = ("trial_id", "run_trial_id", "deduplicated", "status", "seed", "model.name", "model.n_layer",
            "model.n_embd", "model.n_head", "n_params", "data.corpus", "data.max_chars", "data.seq_len",
@@ -78,8 +71,6 @@ def git_commit() -> str | None:
 
 
 def _spec(sweep_uri: str) -> dict:
-    from orchestrator import layout
-
     uri = layout.spec_file(sweep_uri)
     try:
         return yaml.safe_load(lio.read_text(uri)) or {} if lio.exists(uri) else {}
@@ -122,27 +113,7 @@ def collect(sweep_uri: str, trials: pd.DataFrame, n_excluded: int) -> dict:
     }
 
 
-def scale_gap(prov: dict) -> dict:
-    """Our scale against GPT-2 small: fractions, whether the paper's figures may be shown, and
-    one sentence that says so."""
-    params, tokens = prov["model"]["n_params"], prov["train"]["tokens_per_trial"]
-    fp = params / GPT2_SMALL_PARAMS if params else None
-    ft = tokens / GPT2_SMALL_TOKENS if tokens else None
-    comparable = fp is not None and fp >= COMPARABLE_FRACTION
-    ours = (f"{params / 1e6:.2f}M parameters ({fp:.2%} of GPT-2 small's {GPT2_SMALL_PARAMS / 1e6:.0f}M)"
-            if fp is not None else "a model whose parameter count was not recorded")
-    seen = (f"{tokens:,.0f} training tokens per trial ({ft:.1e} of the ~{GPT2_SMALL_TOKENS:.0e} tokens "
-            "GPT-2 small was pretrained on)" if ft is not None else "an unrecorded number of tokens")
-    rule = (f"The paper's figures are shown beside ours only when our model has at least "
-            f"{COMPARABLE_FRACTION:.0%} of GPT-2 small's parameters")
-    verdict = ("; this one does, but the training budgets still differ, so read the comparison as one of shape"
-               if comparable else "; this run is far smaller, so they are left out: at this scale our "
-               "figures can neither confirm nor refute the paper's")
-    return {"param_fraction": fp, "token_fraction": ft, "comparable": comparable,
-            "statement": f"Scale: this sweep trained {ours} on {seen}. {rule}{verdict}."}
-
-
-def write(summary_uri: str, prov: dict) -> str:
-    uri = lio.join(summary_uri, "provenance.json")
+def write(sweep_uri: str, prov: dict) -> str:
+    uri = layout.provenance_file(sweep_uri)
     lio.write_text(uri, json.dumps({**prov, "scale": scale_gap(prov)}, indent=2, default=str) + "\n")
     return uri

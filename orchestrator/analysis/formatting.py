@@ -1,0 +1,56 @@
+"""Results as text, the same in the terminal and in the HTML report: how numbers and p-values are
+printed, which rows the eval-perplexity headline shows, and the terminal's headline table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis.cells import KEYS, label
+
+
+def fmt(x, digits: int = 2) -> str:
+    """A number with ``digits`` decimals; '-' when missing or not finite."""
+    return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def fmt_p(p) -> str:
+    """A p-value: three decimals, scientific below 0.001; '-' when missing."""
+    if p is None or not np.isfinite(p):
+        return "-"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def headline_rows(cells: pd.DataFrame, metric: str = "eval_ppl") -> pd.DataFrame:
+    """The rows of one metric for display; identical baseline rows (one shared run) collapsed."""
+    rows = cells[cells["metric"] == metric].copy()
+    rows["label"] = [label(*k) for k in rows[list(KEYS)].itertuples(index=False)]
+    base = rows[rows["is_baseline"]]
+    if len(base) > 1 and base[["n_seeds", "mean", "std"]].astype(float).round(12).drop_duplicates().shape[0] == 1:
+        keep = base.index[0]
+        rows = rows.drop(index=base.index[1:])
+        rows.loc[keep, "label"] = f"{base['configuration'].iloc[0]} (all schedules)"
+    return rows.reset_index(drop=True)
+
+
+def terminal_table(cells: pd.DataFrame, baseline: str, excluded: pd.DataFrame) -> str:
+    """The eval-perplexity headline as aligned plain text, with the excluded trials counted."""
+    rows = headline_rows(cells)
+    table = [("cell", "n", "eval_ppl", "95% CI", "ratio", "ratio 95% CI", "p_holm", "d_z", "note")]
+    for r in rows.itertuples(index=False):
+        ratio = "baseline" if r.is_baseline else fmt(r.ratio_mean, 3)
+        ratio_ci = "" if r.is_baseline else f"[{fmt(r.ratio_ci_low, 3)}, {fmt(r.ratio_ci_high, 3)}]"
+        table.append((r.label, str(r.n_seeds), fmt(r.mean), f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]",
+                      ratio, ratio_ci, fmt_p(r.p_holm), fmt(r.d_z),
+                      "" if r.is_baseline else str(r.note)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [f"eval_ppl against baseline {baseline!r} (same seed; p: paired t-test, Holm)"]
+    for j, row in enumerate(table):
+        cols = (v.ljust(w) if i in (0, len(row) - 1) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+        lines.append("  ".join(cols).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    if len(excluded):
+        counts = excluded["reason"].value_counts().sort_index()
+        lines.append(f"excluded {len(excluded)} trial(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return "\n".join(lines)
