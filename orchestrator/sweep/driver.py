@@ -117,7 +117,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
     """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result.
 
     sweep_uri overrides <storage>/<name> (resume of a sweep folder that was renamed or copied).
-    verbose: Ray's own console output instead of the quiet one (see orchestrator/console.py).
+    verbose: Ray's own console output instead of the quiet one (see orchestrator/sweep/console.py).
     """
     trials = expand(spec, source)
     sweep_uri = sweep_uri or spec.uri
