@@ -16,17 +16,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from localist.config import QUICK_TRIAL
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 # The trial config of `localist train` without a file (4 layers, 128 wide, seq 128, batch 8) is
-# "the tiny config"; --quick uses the test suite's smaller one so the suite stays fast.
+# "the tiny config"; --quick uses the test suite's smaller one (localist.config.QUICK_TRIAL) so
+# the suite stays fast.
 TINY_FULL: dict = {}
-TINY_QUICK: dict = {
-    "model": {"name": "tiny", "n_layer": 3, "n_embd": 64, "n_head": 2},
-    "data": {"corpus": "kjv", "max_chars": 200_000, "seq_len": 64, "eval_sequences": 16, "vocab_size": 1024},
-    "train": {"steps": 20, "batch_size": 4, "lr": 0.003, "warmup_steps": 4, "eval_every": 10, "log_every": 10},
-    "locality": {"min_len": 4, "max_len": 16},
-}
+TINY_QUICK: dict = QUICK_TRIAL
 
 
 @dataclass
@@ -61,7 +59,7 @@ class Row:
 
 def trial_config(quick: bool, *sections: dict):
     """A validated TrialConfig: the tiny (or quick) base with the given partial trees merged in."""
-    from localist.config import build, deep_merge
+    from localist.config_files import build, deep_merge
 
     tree = json.loads(json.dumps(TINY_QUICK if quick else TINY_FULL))
     for s in sections:

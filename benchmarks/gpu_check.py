@@ -70,11 +70,11 @@ def synthetic_data(shape: dict, seq: int, n: int, seed: int = 0):
     starts = rng.random((n, seq)) < 1 / 20
     starts[:, 0] = True
     return Dataset(train=tokens, eval=tokens[:2], train_starts=starts, eval_starts=starts[:2],
-                   vocab_size=shape["vocab"], tokenizer_path="", cache_dir="", cached=True)
+                   vocab_size=shape["vocab"], tokenizer_path="", cached=True)
 
 
 def make_trainer(variant: str, shape: dict, seq: int, batch: int, steps: int, compile_: str, out: str):
-    from localist.config import build
+    from localist.config_files import build
     from localist.trainer import Trainer
 
     tree = {"model": {"name": "tiny", "n_layer": shape["n_layer"], "n_embd": shape["n_embd"],

@@ -2,23 +2,32 @@
 
 Sweep files, ``--set`` overrides and the Parquet column names all use these dotted keys, so
 renaming a field here is a breaking change for users' sweep files and for later analysis.
+Reading YAML files and ``--set`` overrides into this tree, with file-and-key error messages,
+is localist/config_files.py. The schema checks values only: whether a named corpus file exists
+is checked where a config is loaded to run (config_files.check_files, spec.check_files).
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BUILTIN_CORPORA = ("kjv", "pydoc")
+from localist.errors import UserError
+
+BUILTIN_CORPORA = ("kjv", "pydoc")  # data.corpus names that are no file (localist/data.py loads them)
+
+# The small trial of the test suite and of the benchmarks' --quick runs: seconds on a laptop CPU.
+# (`localist train` without a file uses the schema's defaults below: 4 x 128, seq 128, 200 steps.)
+QUICK_TRIAL: dict[str, dict[str, Any]] = {
+    "model": {"name": "tiny", "n_layer": 3, "n_embd": 64, "n_head": 2},
+    "data": {"corpus": "kjv", "max_chars": 200_000, "seq_len": 64, "eval_sequences": 16, "vocab_size": 1024},
+    "train": {"steps": 20, "batch_size": 4, "lr": 0.003, "warmup_steps": 4, "eval_every": 10, "log_every": 10},
+    "locality": {"min_len": 4, "max_len": 16},
+}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user error in a config file or override; the CLI prints it and exits with code 2."""
 
 
@@ -41,7 +50,8 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    corpus: str = Field("kjv", description="'kjv', 'pydoc', a text file or folder, or 'hf:NAME[/CONFIG]'")
+    corpus: str = Field("kjv", description=f"{', '.join(map(repr, BUILTIN_CORPORA))}, a text file or folder, "
+                                            "or 'hf:NAME[/CONFIG]'")
     max_chars: int | None = Field(1_500_000, ge=1000, description="use only the first N characters (None = all)")
     seq_len: int = Field(128, ge=8, description="tokens per training sequence")
     eval_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="tail of the text held out for evaluation")
@@ -50,17 +60,10 @@ class DataConfig(_Section):
     text_column: str = Field("text", description="hf datasets only: the column holding the text")
     cache_dir: str | None = Field(None, description="tokenised-corpus cache (default $LOCALIST_CACHE or ~/.cache/localist)")
 
-    @model_validator(mode="after")
-    def _corpus_exists(self, info: ValidationInfo) -> "DataConfig":
-        if (info.context or {}).get("check_paths") is False:  # reading back a validated sweep
-            return self
-        c = self.corpus
-        if c not in BUILTIN_CORPORA and not c.startswith("hf:") and not Path(os.path.expanduser(c)).exists():
-            raise ValueError(
-                f"corpus: {c!r} is not a built-in corpus ({', '.join(BUILTIN_CORPORA)}), not 'hf:NAME', "
-                "and no such file or folder exists"
-            )
-        return self
+    @property
+    def is_path(self) -> bool:
+        """True when corpus names a text file or folder (not a built-in corpus or 'hf:NAME')."""
+        return self.corpus not in BUILTIN_CORPORA and not self.corpus.startswith("hf:")
 
 
 class TrainConfig(_Section):
@@ -96,6 +99,11 @@ class TrainConfig(_Section):
 
 
 class LocalityConfig(_Section):
+    # Fields that cannot change training when every lambda is 0 (see TrialConfig.canonical);
+    # every other field, including any added later, keeps trials apart.
+    OFF_NORMALISED: ClassVar[tuple[str, ...]] = (
+        "schedule", "peak", "power", "lambdas", "mechanism", "penalty_weight")
+
     peak: float = Field(1.0, ge=0.0, le=1.0, description="lambda_max, the locality of the deepest layer")
     schedule: Literal["uniform", "polynomial", "list"] = Field("polynomial", description="how lambda grows with depth")
     power: float = Field(5.0, ge=0.0, description="polynomial: lambda_l = peak * (l/(L-1))^power")
@@ -143,17 +151,16 @@ class TrialConfig(_Section):
         """
         if not self.locality.is_off:
             return self
-        loc = self.locality  # the partitioner still decides the reported in-block mass
-        return self.model_copy(update={"locality": LocalityConfig(
-            schedule="uniform", peak=0.0, partition=loc.partition, window=loc.window, min_len=loc.min_len,
-            max_len=loc.max_len)})
+        off = {name: LocalityConfig.model_fields[name].default for name in LocalityConfig.OFF_NORMALISED}
+        off.update(schedule="uniform", peak=0.0)
+        return self.model_copy(update={"locality": self.locality.model_copy(update=off)})
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.model_dump())
 
 
 # ---------------------------------------------------------------------------------------------
-# dotted keys, overrides and error messages
+# the schema's dotted keys, and warnings
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -178,40 +185,6 @@ def valid_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[s
     return keys
 
 
-def nearest(key: str, candidates: list[str]) -> str:
-    """' (did you mean 'x'?)' for a mistyped or misplaced key, or ''.
-
-    A key whose last part is exactly some candidate's last part is taken to be in the wrong
-    section (`seeds` -> `grid.seeds`, `locality.steps` -> `train.steps`); otherwise the closest
-    spelling of the whole key, then of its last part.
-    """
-    leaf = key.rsplit(".", 1)[-1]
-    leaf_map: dict[str, str] = {}
-    for c in candidates:
-        leaf_map.setdefault(c.rsplit(".", 1)[-1], c)
-    match = [leaf_map[leaf]] if leaf in leaf_map and leaf_map[leaf] != key else []
-    match = match or difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    if not match:
-        close = difflib.get_close_matches(leaf, list(leaf_map), n=1, cutoff=0.6)
-        match = [leaf_map[close[0]]] if close else []
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-# Names users reach for that the schema spells differently: the paper's schedule names.
-SCHEDULE_POWERS = {"linear": 1, "quadratic": 2, "cubic": 3, "quartic": 4, "quintic": 5}
-
-
-def value_hint(path: str, got: Any, source: str = "") -> str:
-    """'; ...' pointing from a known wrong value to the right spelling, or ''."""
-    name = got.lower() if isinstance(got, str) else None
-    if path.endswith("schedule") and name in SCHEDULE_POWERS:
-        power = SCHEDULE_POWERS[name]
-        if source.endswith("--set"):
-            return f"; the {name} schedule is --set locality.schedule=polynomial --set locality.power={power}"
-        return f"; the {name} schedule is schedule: polynomial, power: {power}"
-    return ""
-
-
 def warnings_for(cfg: "TrialConfig") -> list[str]:
     """Legal but probably unintended settings, worth a line on stderr before compute starts."""
     t = cfg.train
@@ -220,135 +193,3 @@ def warnings_for(cfg: "TrialConfig") -> list[str]:
         out.append(f"train.warmup_steps ({t.warmup_steps}) is not shorter than train.steps ({t.steps}): "
                    "the learning rate is still warming up when training ends")
     return out
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: '{p}' is not a section")
-    node[parts[-1]] = value
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def format_validation_error(err: ValidationError, source: str, prefix: str = "",
-                            keys: list[str] | None = None) -> str:
-    """One line per problem: 'FILE: key.path: message', with a suggestion for unknown keys."""
-    keys = keys if keys is not None else valid_keys()
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        path = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: {path}: unknown key{nearest(loc, keys)}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            field = re.match(r"^([a-z_]+): ", msg)
-            if field and e["type"] == "value_error":  # a section validator naming its field
-                path = f"{path}.{field.group(1)}" if loc else f"{prefix}{field.group(1)}"
-                msg = msg[field.end():]
-            got = e.get("input")
-            shown = "" if isinstance(got, dict) or e["type"].startswith("value_error") else f" (got {got!r})"
-            lines.append(f"{source}: {path}: {msg}{shown}{value_hint(path, got, source)}")
-    return "\n".join(lines)
-
-
-def build(tree: dict[str, Any], source: str = "<config>", prefix: str = "", check_paths: bool = True) -> TrialConfig:
-    """check_paths=False skips checks that depend on the current folder (a saved sweep's corpus
-    path is relative to where it was started, not to where `status` is asked)."""
-    try:
-        return TrialConfig.model_validate(tree, context={"check_paths": check_paths})
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, prefix)) from None
-
-
-def parse_value(text: str) -> Any:
-    """'0.5' -> 0.5, 'true' -> True, '[1, 2]' -> [1, 2], 'gpt2' -> 'gpt2' (YAML scalars)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
-    keys = valid_keys()
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{source}: '{item}' is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if key not in keys:
-            raise ConfigError(f"{source}: {key}: unknown key{nearest(key, keys)}")
-        set_dotted(tree, key, _check_value(key, parse_value(value), source))
-    return tree
-
-
-def _check_value(key: str, value: Any, source: str) -> Any:
-    """One --set value against its field (type, bounds, field validators), so the error names
-    --set; checks that involve other keys (min_len <= max_len) come later with the whole config."""
-    model: type[BaseModel] = TrialConfig
-    *sections, name = key.split(".")
-    for part in sections:
-        model = model.model_fields[part].annotation
-    try:
-        model.__pydantic_validator__.validate_assignment(model.model_construct(), name, value)
-    except ValidationError as err:
-        mine = [e for e in err.errors() if tuple(e["loc"][:1]) == (name,)]  # not the section's own checks
-        if mine:
-            raise ConfigError(f"{source}: {key}: {mine[0]['msg']} (got {value!r}){value_hint(key, value, source)}") \
-                from None
-    return value
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML mapping from a file, with file-named errors for missing files and syntax errors."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such file")
-    try:
-        data = yaml.load(p.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        kind = "YAML error" if isinstance(err, yaml.constructor.ConstructorError) else "YAML syntax error"
-        raise ConfigError(f"{p}: {kind}{where}: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(data).__name__}")
-    return data
-
-
-def load(path: str | None = None, overrides: list[str] | None = None) -> TrialConfig:
-    tree = load_yaml(path) if path else {}
-    tree = apply_overrides(tree, overrides or [])
-    return build(tree, str(path) if path else "--set")

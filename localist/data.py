@@ -153,7 +153,6 @@ class Dataset:
     eval_starts: np.ndarray
     vocab_size: int
     tokenizer_path: str
-    cache_dir: str
     cached: bool  # True when this call only loaded what an earlier one prepared
 
     def blocks(self, split: str, loc: LocalityConfig) -> np.ndarray:
@@ -179,7 +178,7 @@ def cache_root(cfg: DataConfig) -> Path:
 
 def _corpus_fingerprint(cfg: DataConfig) -> str:
     """What identifies the corpus content without reading a hub dataset."""
-    if cfg.corpus in ("kjv", "pydoc") or cfg.corpus.startswith("hf:"):
+    if not cfg.is_path:  # a built-in corpus or 'hf:NAME'
         import importlib.metadata as md
         import sys
 
@@ -250,7 +249,7 @@ def prepare(cfg: DataConfig, tokenizer_name: str = "tiny", log=print) -> Dataset
     meta = json.loads((final / "meta.json").read_text())
     arrays = {n: np.load(final / f"{n}.npy", mmap_mode="r") for n in ("train", "eval", "train_starts", "eval_starts")}
     return Dataset(**arrays, vocab_size=meta["vocab_size"], tokenizer_path=str(final / "tokenizer.json"),
-                   cache_dir=str(final), cached=cached)
+                   cached=cached)
 
 
 def _build(cfg: DataConfig, tokenizer_name: str, out: Path) -> None:

@@ -9,14 +9,12 @@ import pyarrow as pa
 from localist import io
 from localist.config import TrialConfig
 
-STEP_COLUMNS = ["trial_id", "step", "split", "loss", "ppl", "lr", "tokens_seen", "elapsed_s"]
-LAYER_COLUMNS = ["trial_id", "step", "layer", "lambda", "entropy_bits", "entropy_norm", "in_block_mass"]
 # Held-out loss by the query token's 0-based position in its block: name -> [low, high) positions.
 # trial.parquet gets one token-weighted mean NLL (nats) per group; see Trainer.block_positions.
 POSITION_GROUPS = {"eval_loss_pos1": (0, 1), "eval_loss_pos2_4": (1, 4), "eval_loss_pos5p": (4, None)}
-ATTENTION_COLUMNS = ["trial_id", "layer", "query", "key", "weight", "token"]
 
-_SCHEMAS = {
+# The long-format files beside trial.parquet: kind -> schema (the one declaration of their columns).
+SCHEMAS = {
     "steps": pa.schema([("trial_id", pa.string()), ("step", pa.int64()), ("split", pa.string()),
                         ("loss", pa.float64()), ("ppl", pa.float64()), ("lr", pa.float64()),
                         ("tokens_seen", pa.int64()), ("elapsed_s", pa.float64())]),
@@ -26,6 +24,8 @@ _SCHEMAS = {
     "attention": pa.schema([("trial_id", pa.string()), ("layer", pa.int64()), ("query", pa.int64()),
                             ("key", pa.int64()), ("weight", pa.float64()), ("token", pa.string())]),
 }
+STEP_COLUMNS = SCHEMAS["steps"].names
+LAYER_COLUMNS = SCHEMAS["layers"].names
 
 
 def versions() -> dict[str, str]:
@@ -39,7 +39,7 @@ def versions() -> dict[str, str]:
 
 
 def _table(kind: str, trial_id: str, rows: list[dict]) -> pa.Table:
-    schema = _SCHEMAS[kind]
+    schema = SCHEMAS[kind]
     cols = {name: [trial_id] * len(rows) if name == "trial_id" else [r[name] for r in rows]
             for name in schema.names}
     return pa.table(cols, schema=schema)

@@ -15,7 +15,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -41,8 +41,6 @@ class TrialResult:
     status: str  # completed | diverged | errored
     eval_loss: float
     eval_ppl: float
-    out: str
-    row: dict = field(default_factory=dict)
 
 
 def _peak_rss_mb() -> float:
@@ -451,11 +449,11 @@ class Trainer:
         }
         if self.cfg.train.save_model and status == "completed":
             self.save_model(io.join(self.out, MODEL_DIR))  # before trial.parquet, which marks the trial done
-        row = outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
-                                  self.attention_rows)
+        outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
+                            self.attention_rows)
         self.log(f"[{self.trial_id}] {status}: eval loss {eval_loss:.4f} ppl {summary['eval_ppl']:.2f} "
                  f"in {wall:.1f}s -> {self.out}")
-        return TrialResult(status, eval_loss, summary["eval_ppl"], self.out, row)
+        return TrialResult(status, eval_loss, summary["eval_ppl"])
 
 
 def run_trial(cfg: TrialConfig, out: str, trial_id: str = "trial", log=print) -> TrialResult:

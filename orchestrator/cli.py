@@ -8,6 +8,7 @@ import sys
 import threading
 
 from localist.config import ConfigError
+from localist.errors import UserError
 
 EXIT_USAGE = 2  # bad input, or refused (another driver holds the sweep)
 EXIT_STORAGE = 3  # the results storage failed mid-run
@@ -19,10 +20,10 @@ def _warn(messages: list[str]) -> None:
 
 
 def _cmd_train(a) -> int:
-    from localist import config, io
+    from localist import config, config_files, io
     from localist.trainer import run_trial
 
-    cfg = config.load(a.config, a.set)
+    cfg = config_files.load(a.config, a.set)  # also refuses a corpus file that does not exist
     if io.exists(io.join(a.out, "trial.parquet")):  # written last: the folder holds a finished result
         if not a.force:
             raise ConfigError(f"--out {a.out}: already holds a finished result (trial.parquet); "
@@ -37,7 +38,7 @@ def _cmd_train(a) -> int:
 
 
 def _load_sweep(a):
-    from localist.config import apply_overrides
+    from localist.config_files import apply_overrides
     from orchestrator import spec as sweep_spec
 
     overrides = {}
@@ -50,12 +51,13 @@ def _load_sweep(a):
 
 def _cmd_sweep_run(a) -> int:
     from orchestrator.sweep import driver, dryrun
-    from orchestrator.spec import expand
+    from orchestrator.spec import check_files, expand
 
     from localist.config import warnings_for
 
     sp = _load_sweep(a)
     trials = expand(sp, a.file)
+    check_files(trials, a.file)  # before the dry run too: a missing corpus is refused before anything
     warned: dict[str, list[str]] = {}  # one line per distinct warning, naming the trials it concerns
     for t in trials:
         for w in warnings_for(t.config):
@@ -98,7 +100,7 @@ def _cmd_sweep_collect(a) -> int:
     from orchestrator.sweep.search_plan import trials_of
 
     sp = load_saved(a.path)
-    return driver.finish(sp, trials_of(sp, a.path, a.path, check_paths=False), a.path.rstrip("/"), print,
+    return driver.finish(sp, trials_of(sp, a.path, a.path), a.path.rstrip("/"), print,
                          aggregate=not a.no_aggregate)
 
 
@@ -264,17 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except UserError as e:  # ConfigError, SweepLocked, StorageError, ...: the message says what to fix
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_code  # EXIT_USAGE, or EXIT_STORAGE for a StorageError
     except Exception as e:
-        from orchestrator.sweep.driver import StorageError
-        from orchestrator.sweep.lock import SweepLocked
-
-        if isinstance(e, StorageError):
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_STORAGE
-        if isinstance(e, SweepLocked) or type(e).__name__ == "AggregateError":
+        # Until AggregateError derives from UserError (its own change in orchestrator/analysis):
+        # it is raised only by that module, so the module is loaded whenever e is one.
+        aggregate = sys.modules.get("orchestrator.analysis.aggregate")
+        if aggregate is not None and isinstance(e, aggregate.AggregateError):
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         raise

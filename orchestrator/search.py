@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from localist.config import ConfigError, nearest, set_dotted, valid_keys
+from localist.config import ConfigError, valid_keys
+from localist.config_files import nearest, set_dotted
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 CELL_KEY = "cell"  # the search key that picks the grid cell when per: sweep

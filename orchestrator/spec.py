@@ -1,6 +1,8 @@
 """The sweep file: schema, validation with file-and-key errors, and grid expansion with dedup.
 
-Everything here runs before Ray starts or anything is written, so a typo costs nothing.
+Everything here runs before Ray starts or anything is written, so a typo costs nothing. Whether
+the corpus files the trials name exist is checked apart (check_files), by the commands that
+start or resume a sweep: a saved sweep's relative paths need not resolve where `status` runs.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.tracking import Tracking
-from localist.config import (ConfigError, TrialConfig, build, deep_merge, flatten, format_validation_error,
-                             load_yaml, nearest, valid_keys)
+from localist.config import ConfigError, TrialConfig, flatten, valid_keys
+from localist.config_files import build, check_files as check_config_files, deep_merge, format_validation_error, \
+    load_yaml, nearest
 from orchestrator import search as search_section
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -86,6 +89,7 @@ class Trial:
     run_id: str = ""  # the trial whose run stands for this one (itself unless deduplicated)
     rank: int = 0  # confirm trials: the rank of their searched setting (1 = best)
     key: str = field(default="", repr=False)
+    where: str = field(default="", repr=False)  # the sweep-file keys it is made from, for error messages
 
 
 def _top_level_hints() -> list[str]:
@@ -158,7 +162,7 @@ def _check_search_values(spec: SweepSpec, parsed: dict, source: str) -> None:
             for value in args:  # the bounds, or every choice
                 tree = search_section.with_values(cell.tree, {key: value})
                 try:
-                    make_trial(spec, cell, spec.seeds[0], source, check_paths=False, tree=tree)
+                    make_trial(spec, cell, spec.seeds[0], source, tree=tree)
                 except ConfigError as e:
                     raise search_section.space_error(source, key, f"the value {value!r} makes an invalid trial: {e}") from None
 
@@ -222,8 +226,8 @@ def cells(spec: SweepSpec) -> list[Cell]:
     return out
 
 
-def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, check_paths: bool = True,
-               tree: dict[str, Any] | None = None, trial_id: str | None = None) -> Trial:
+def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, tree: dict[str, Any] | None = None,
+               trial_id: str | None = None) -> Trial:
     """The trial of a cell at a seed; `tree` replaces the cell's tree (a search adds sampled values)."""
     tree = copy.deepcopy(cell.tree if tree is None else tree)
     tree["seed"] = seed
@@ -232,17 +236,27 @@ def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, check_paths:
     if spec.save_model:
         tree.setdefault("train", {})["save_model"] = True
     try:
-        cfg = build(tree, source, prefix="", check_paths=check_paths)
+        cfg = build(tree, source, prefix="")
     except ConfigError as e:
         raise ConfigError(f"{e} (in the trial made from {cell.where}, seed {seed})") from None
-    return Trial(trial_id or f"{cell.name}__s{seed}", dict(cell.coords), cell.comparator, seed, cfg)
+    return Trial(trial_id or f"{cell.name}__s{seed}", dict(cell.coords), cell.comparator, seed, cfg,
+                 where=cell.where)
 
 
-def expand(spec: SweepSpec, source: str = "<sweep>", check_paths: bool = True) -> list[Trial]:
+def expand(spec: SweepSpec, source: str = "<sweep>") -> list[Trial]:
     """Every grid cell x seed, then every comparator x seed, with duplicates resolved."""
     sweep_cells = cells(spec)
-    return finalise([make_trial(spec, c, seed, source, check_paths) for seed in spec.seeds for c in sweep_cells],
-                    source)
+    return finalise([make_trial(spec, c, seed, source) for seed in spec.seeds for c in sweep_cells], source)
+
+
+def check_files(trials: list[Trial], source: str) -> None:
+    """Refuse, before Ray starts or anything is written, the first trial whose corpus file or
+    folder does not exist from the current folder (`sweep run`, `resume`, `submit`)."""
+    for t in trials:
+        try:
+            check_config_files(t.config, source)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (in the trial made from {t.where}, seed {t.seed})") from None
 
 
 def finalise(trials: list[Trial], source: str) -> list[Trial]:

@@ -89,7 +89,8 @@ def entrypoint(file: str, storage: str | None, working_dir: Path) -> tuple[list[
     from orchestrator import spec as sweep_spec
 
     sp = sweep_spec.load(file, {"storage": storage} if storage else None)
-    sweep_spec.expand(sp, file)  # every trial's config must validate too (as `sweep run` checks before Ray)
+    # every trial's config must validate and its corpus exist too (as `sweep run` checks before Ray)
+    sweep_spec.check_files(sweep_spec.expand(sp, file), file)
     _check_shared(sp.storage, file)
     base = ["python", "-m", "orchestrator.cli", "sweep"]
     saved = layout.spec_file(sp.uri)

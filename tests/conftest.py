@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from localist.config import QUICK_TRIAL
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
@@ -18,24 +20,19 @@ def _cache(tmp_path_factory):
         os.environ["LOCALIST_CACHE"] = old
 
 
-TINY = {
-    "model": {"name": "tiny", "n_layer": 3, "n_embd": 64, "n_head": 2},
-    "data": {"corpus": "kjv", "max_chars": 200_000, "seq_len": 64, "eval_sequences": 16, "vocab_size": 1024},
-    "train": {"steps": 20, "batch_size": 4, "lr": 0.003, "warmup_steps": 4, "eval_every": 10, "log_every": 10},
-    "locality": {"min_len": 4, "max_len": 16},
-}
+TINY = QUICK_TRIAL  # the small trial config the tests share with the benchmarks' --quick runs
 
 
 def tiny_tree(**sections) -> dict:
     """The TINY trial config with some sections updated: tiny_tree(locality={'peak': 1})."""
-    from localist.config import deep_merge
+    from localist.config_files import deep_merge
 
     return deep_merge(TINY, sections)
 
 
 @pytest.fixture
 def tiny_config():
-    from localist.config import build
+    from localist.config_files import build
 
     def make(**sections):
         return build(tiny_tree(**sections), "test")

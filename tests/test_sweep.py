@@ -167,7 +167,7 @@ def test_watch_table_and_partial_aggregate(finished, capsys):
     from orchestrator.spec import expand
 
     sweep, _ = finished
-    rows = status.run_states(str(sweep), expand(layout.load_saved(str(sweep)), str(sweep), check_paths=False))
+    rows = status.run_states(str(sweep), expand(layout.load_saved(str(sweep)), str(sweep)))
     running = rows[0] | {"run_id": "zz-running", "state": "running", "step": 7, "loss": 6.5,
                                        "eval_loss": 6.61, "eval_step": 6, "tokens_per_s": 4321.0, "eta_s": 65.0}
     pending = rows[0] | {"run_id": "aa-pending", "state": "pending", "step": 0, "eval_step": 0,

@@ -17,7 +17,7 @@ def layers(out):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Three short trials: distributed with two seeds, and quintic peak-1 with the first seed."""
-    from localist.config import build
+    from localist.config_files import build
     from tests.conftest import tiny_tree
 
     root = tmp_path_factory.mktemp("trials")
@@ -220,7 +220,7 @@ def test_compiled_trial_trains_like_the_eager_one(tiny_config, tmp_path):
     trains the same model as eager, never recompiles after step 1, and says so in trial.parquet."""
     import torch
 
-    from localist.config import build
+    from localist.config_files import build
     from tests.conftest import tiny_tree
 
     short = {"steps": 4, "eval_every": 4, "log_every": 2}

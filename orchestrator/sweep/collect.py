@@ -13,11 +13,11 @@ import pandas as pd
 import pyarrow as pa
 
 from localist import faults, io
-from localist.outputs import trial_row
+from localist.outputs import SCHEMAS, trial_row
 from orchestrator import layout
 from orchestrator.spec import SweepSpec, Trial
 
-KINDS = ("steps", "layers", "attention")
+KINDS = tuple(SCHEMAS)  # steps, layers, attention
 
 
 def _coords(spec: SweepSpec, t: Trial) -> dict:

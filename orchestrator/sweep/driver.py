@@ -17,11 +17,12 @@ from typing import Callable
 from localist import io
 from localist.config import ConfigError
 from localist.data import prepare
+from localist.errors import UserError
 from orchestrator import layout, tracking
 from orchestrator.sweep import console, ray_start, status, tuners
 from orchestrator.sweep.collect import collect
 from orchestrator.sweep.lock import SweepLock
-from orchestrator.spec import SweepSpec, Trial, expand, runs
+from orchestrator.spec import SweepSpec, Trial, check_files, expand, runs
 
 
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
@@ -37,8 +38,10 @@ def _unfinished(grid) -> int:
     return sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """The sweep's storage failed while it ran; what was written before is intact."""
+
+    exit_code = 3  # orchestrator.cli.EXIT_STORAGE: the input was fine, the run was cut short
 
 
 def _storage_alive(sweep_uri: str, cause: BaseException | None = None) -> None:
@@ -120,6 +123,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
     verbose: Ray's own console output instead of the quiet one (see orchestrator/sweep/console.py).
     """
     trials = expand(spec, source)
+    check_files(trials, source)  # also on resume: the corpus must be readable from here
     sweep_uri = sweep_uri or spec.uri
     tracking.prepare(spec.tracking, sweep_uri, source)
     with SweepLock(sweep_uri):

@@ -15,12 +15,13 @@ import threading
 import time
 
 from localist import io
+from localist.errors import UserError
 
 LEASE_S = 120.0
 
 
-class SweepLocked(RuntimeError):
-    pass
+class SweepLocked(UserError, RuntimeError):
+    """Another driver holds the sweep: the second one refuses (exit 2)."""
 
 
 class SweepLock:

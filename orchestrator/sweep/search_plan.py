@@ -27,7 +27,7 @@ def groups(spec) -> list[Group]:
     """per: cell - one search per cell whose runs are distinct (peak 0 under every schedule is one
     model, so one search serves them all); per: sweep - one search over all distinct cells."""
     all_cells = cells(spec)
-    trials = finalise([make_trial(spec, c, spec.seeds[0], "<sweep>", check_paths=False) for c in all_cells],
+    trials = finalise([make_trial(spec, c, spec.seeds[0], "<sweep>") for c in all_cells],
                       "<sweep>")
     by_trial = {t.trial_id: c.name for t, c in zip(trials, all_cells)}
     runs = {}
@@ -68,7 +68,7 @@ def best_settings(spec, sweep_uri: str) -> dict[str, list[dict]] | None:
     return out
 
 
-def confirm_trials(spec, sweep_uri: str, source: str = "<sweep>", check_paths: bool = True):
+def confirm_trials(spec, sweep_uri: str, source: str = "<sweep>"):
     """The ordinary trials of the confirmation: every cell x top setting x confirm seed.
 
     Rank r > 1 is marked in the schedule label ('linear#2'), so the summary pairs each cell's
@@ -87,7 +87,7 @@ def confirm_trials(spec, sweep_uri: str, source: str = "<sweep>", check_paths: b
     for seed, seed_cells in plan:
         for cell in seed_cells:
             for r, values in enumerate(best[cell.name], start=1):
-                t = make_trial(spec, cell, seed, source, check_paths, tree=with_values(cell.tree, values),
+                t = make_trial(spec, cell, seed, source, tree=with_values(cell.tree, values),
                                trial_id=f"{cell.name}__top{r}__s{seed}")
                 if r > 1:
                     if t.comparator:
@@ -128,11 +128,11 @@ def describe(spec) -> list[str]:
     return lines
 
 
-def trials_of(spec: SweepSpec, sweep_uri: str, source: str, check_paths: bool = True) -> list[Trial]:
+def trials_of(spec: SweepSpec, sweep_uri: str, source: str) -> list[Trial]:
     """The ordinary trials of a sweep: its grid, or a search's confirmation (once the search ended)."""
     if spec.search:
-        return confirm_trials(spec, sweep_uri, source, check_paths)
-    return expand(spec, source, check_paths)
+        return confirm_trials(spec, sweep_uri, source)
+    return expand(spec, source)
 
 
 def started(sweep_uri: str, group: Group) -> list[str]:
@@ -147,7 +147,7 @@ def search_trials(spec: SweepSpec, sweep_uri: str) -> list[Trial]:
     out = []
     for g in groups(spec):
         for name in started(sweep_uri, g):
-            t = make_trial(spec, by_name[g.cells[0]], spec.seeds[0], sweep_uri, check_paths=False, trial_id=name)
+            t = make_trial(spec, by_name[g.cells[0]], spec.seeds[0], sweep_uri, trial_id=name)
             t.run_id = name
             out.append(t)
     return out

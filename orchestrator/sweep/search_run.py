@@ -26,7 +26,7 @@ from orchestrator import layout
 from orchestrator.search import CELL_KEY, Search, rank, with_values
 from orchestrator.sweep import tuners
 from orchestrator.sweep.search_plan import Group, confirm_trials, groups, started
-from orchestrator.spec import SweepSpec, Trial, cells
+from orchestrator.spec import SweepSpec, Trial, cells, check_files
 
 
 def _trees(spec: SweepSpec) -> dict[str, dict]:
@@ -254,6 +254,7 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
             + (f"{best['trial_id']} {best['values']} {spec.search.metric} {best[spec.search.metric]:.4f}"
                if best else "none (no trial completed)"))
     trials = confirm_trials(spec, sweep_uri, source)
+    check_files(trials, source)  # a searched data.corpus: the settings to confirm must name files that exist
     if trials:
         first = [t for t in trials if t.seed in spec.search.confirm.seeds]
         log(f"[search] confirm: {len(first)} results from {len({t.run_id for t in first})} runs")
@@ -350,7 +351,7 @@ def collect_search(spec: SweepSpec, sweep_uri: str) -> pd.DataFrame:
             else:
                 tree = with_values(trees[cell.name], {k: v for k, v in r["values"].items() if k != CELL_KEY})
                 tree["seed"] = spec.seeds[0]
-                cfg = TrialConfig.model_validate(tree, context={"check_paths": False})
+                cfg = TrialConfig.model_validate(tree)
                 row = trial_row(r["trial_id"], cfg, {"status": r["status"], "error": r.get("error"),
                                                      "eval_loss": r["eval_loss"], "eval_ppl": r["eval_ppl"],
                                                      "final_step": r["step"]})

@@ -182,7 +182,7 @@ def collect_unfinished(sweep_uri: str) -> str | None:
     if not io.exists(layout.spec_file(sweep_uri)):
         return None
     spec = layout.load_saved(sweep_uri)
-    trials = trials_of(spec, sweep_uri, sweep_uri, check_paths=False)
+    trials = trials_of(spec, sweep_uri, sweep_uri)
     if not trials:  # a search that has not chosen what to confirm yet: nothing to summarise
         return None
     rows = run_states(sweep_uri, trials)
@@ -201,7 +201,7 @@ def all_trials(spec, sweep_uri: str) -> list[Trial]:
     if not spec.search:
         from orchestrator.spec import expand
 
-        return expand(spec, sweep_uri, check_paths=False)
+        return expand(spec, sweep_uri)
     from orchestrator.sweep.search_plan import search_trials, trials_of
 
-    return search_trials(spec, sweep_uri) + trials_of(spec, sweep_uri, sweep_uri, check_paths=False)
+    return search_trials(spec, sweep_uri) + trials_of(spec, sweep_uri, sweep_uri)
