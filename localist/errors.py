@@ -6,4 +6,4 @@ unreachable target): the command line prints its message alone and exits with it
 class UserError(Exception):
     """Raised with a message that names the file, key or address to fix."""
 
-    exit_code = 2  # the command line's exit status (orchestrator.cli.EXIT_USAGE)
+    exit_code = 2  # the command line's exit status: bad input, or refused

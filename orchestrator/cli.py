@@ -10,9 +10,6 @@ import threading
 from localist.config import ConfigError
 from localist.errors import UserError
 
-EXIT_USAGE = 2  # bad input, or refused (another driver holds the sweep)
-EXIT_STORAGE = 3  # the results storage failed mid-run
-
 
 def _warn(messages: list[str]) -> None:
     for m in messages:
@@ -268,15 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:  # ConfigError, SweepLocked, StorageError, ...: the message says what to fix
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code  # EXIT_USAGE, or EXIT_STORAGE for a StorageError
-    except Exception as e:
-        # Until AggregateError derives from UserError (its own change in orchestrator/analysis):
-        # it is raised only by that module, so the module is loaded whenever e is one.
-        aggregate = sys.modules.get("orchestrator.analysis.aggregate")
-        if aggregate is not None and isinstance(e, aggregate.AggregateError):
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+        return e.exit_code  # 2: bad input or refused; 3: the storage failed mid-run
 
 
 if __name__ == "__main__":

@@ -96,21 +96,12 @@ def test_exit_2_errors_share_one_base_and_storage_keeps_3(monkeypatch, capsys):
 
     assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
     assert issubclass(SweepLocked, UserError) and issubclass(StorageError, UserError)
-    for exc, code in ((ConfigError("bad key"), 2), (SweepLocked("held"), 2), (StorageError("gone"), 3)):
+    from orchestrator.analysis.aggregate import AggregateError
+
+    for exc, code in ((ConfigError("bad key"), 2), (SweepLocked("held"), 2), (AggregateError("no results at x"), 2),
+                      (StorageError("gone"), 3)):
         def boom(_args, exc=exc):
             raise exc
         monkeypatch.setattr(cli, "_cmd_aggregate", boom)
         assert cli.main(["aggregate", "somewhere"]) == code
         assert capsys.readouterr().err == f"error: {exc}\n"
-    assert (cli.EXIT_USAGE, cli.EXIT_STORAGE) == (UserError.exit_code, StorageError.exit_code)
-
-
-def test_aggregate_errors_exit_2(monkeypatch, capsys):
-    from orchestrator import cli
-    from orchestrator.analysis.aggregate import AggregateError
-
-    def boom(_args):
-        raise AggregateError("no results at x")
-    monkeypatch.setattr(cli, "_cmd_aggregate", boom)
-    assert cli.main(["aggregate", "x"]) == 2
-    assert capsys.readouterr().err == "error: no results at x\n"

@@ -41,7 +41,7 @@ def _unfinished(grid) -> int:
 class StorageError(UserError, RuntimeError):
     """The sweep's storage failed while it ran; what was written before is intact."""
 
-    exit_code = 3  # orchestrator.cli.EXIT_STORAGE: the input was fine, the run was cut short
+    exit_code = 3  # the input was fine, the run was cut short
 
 
 def _storage_alive(sweep_uri: str, cause: BaseException | None = None) -> None:
