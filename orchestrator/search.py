@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
 import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -103,7 +103,6 @@ def tiny_sweep(folder: Path, storage: str, seeds: tuple[int, ...] = (1,)) -> Pat
 
 
 def test_entrypoint_runs_new_and_resumes_stored_sweeps(s3_env, tmp_path, monkeypatch):
-    from orchestrator.sweep import driver
     from orchestrator import layout, submit
     from orchestrator.spec import expand
 
