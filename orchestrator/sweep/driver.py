@@ -209,8 +209,7 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
         if not trials:
             return 0 if search_bad == 0 else 1
     counts = collect(spec, trials, sweep_uri)
-    results = layout.results_dir(sweep_uri)
-    log(f"[sweep] results: {counts} -> {results}/trials.parquet (+ steps, layers, attention)")
+    log(f"[sweep] results: {counts} -> {layout.results_file(sweep_uri, 'trials')} (+ steps, layers, attention)")
     if aggregate:
         from orchestrator.analysis.aggregate import aggregate as run_aggregate
 
