@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from localist import io as lio  # noqa: E402
+from orchestrator import layout  # noqa: E402
 
 PEAKS = (0.0, 1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)
 SCHEDULES = ("linear", "quadratic", "cubic", "quartic", "quintic")
@@ -125,8 +126,7 @@ def build_results(sweep_uri: str, steps: int = 1_000_000, layers: int = 200_000,
         "wall_s": rng.uniform(100, 200, len(trials)),
         "peak_mem_mb": rng.uniform(900, 1100, len(trials)),
     })
-    results = lio.join(sweep_uri, "results")
-    lio.write_parquet(pa.table(trial_cols), lio.join(results, "trials.parquet"))
+    lio.write_parquet(pa.table(trial_cols), layout.results_file(sweep_uri, "trials"))
 
     seed_arr = np.array([t["seed"] for t in trials])
     log_ratio = np.array([math.log(t["ratio"]) for t in trials])
@@ -143,7 +143,7 @@ def build_results(sweep_uri: str, steps: int = 1_000_000, layers: int = 200_000,
         "loss": loss, "ppl": np.exp(loss), "lr": np.full(steps, 3e-4),
         "tokens_seen": step * 4096, "elapsed_s": step * 0.05,
     })
-    lio.write_parquet(pa.table(step_cols), lio.join(results, "steps.parquet"))
+    lio.write_parquet(pa.table(step_cols), layout.results_file(sweep_uri, "steps"))
 
     # layers: n_layer rows per evaluation, whole evaluations only (layers // n_layer of them)
     ti, evaluation = _per_trial(trials, layers // n_layer)
@@ -162,7 +162,7 @@ def build_results(sweep_uri: str, steps: int = 1_000_000, layers: int = 200_000,
         "entropy_norm": ent / np.log2(seq_len),
         "in_block_mass": np.clip(0.3 + 0.7 * lam + rng.normal(0, 0.02, layers), 0, 1),
     })
-    lio.write_parquet(pa.table(layer_cols), lio.join(results, "layers.parquet"))
+    lio.write_parquet(pa.table(layer_cols), layout.results_file(sweep_uri, "layers"))
 
     # attention: first and last layer, causal seq_len x seq_len
     q, k = np.tril_indices(seq_len)
@@ -178,7 +178,7 @@ def build_results(sweep_uri: str, steps: int = 1_000_000, layers: int = 200_000,
     att_cols.update({"seed": pa.array(seed_arr[ti], pa.int64()), "layer": pa.array(lay.astype(np.int64)),
                      "query": pa.array(qq.astype(np.int64)), "key": pa.array(kk.astype(np.int64)),
                      "weight": weight, "token": _strings(tokens, kk)})
-    lio.write_parquet(pa.table(att_cols), lio.join(results, "attention.parquet"))
+    lio.write_parquet(pa.table(att_cols), layout.results_file(sweep_uri, "attention"))
     return trials, steps, layers
 
 

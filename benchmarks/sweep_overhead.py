@@ -84,7 +84,7 @@ def child(trials: int, steps: int | None, quick: bool) -> dict:
     """Runs in the subprocess: one sweep, then the timeline read back from its files."""
     import re
 
-    from localist import io
+    from localist import io, trial_files
     from orchestrator.sweep import driver, status
     from orchestrator import layout
     from orchestrator.spec import expand, runs, validate
@@ -107,9 +107,9 @@ def child(trials: int, steps: int | None, quick: bool) -> dict:
         per = []
         for run_id in runs(planned):
             d = layout.trial_dir(spec.uri, run_id)
-            row = io.read_parquet(io.join(d, "trial.parquet")).to_pylist()[0]
-            attempt = json.loads(io.read_text(io.join(d, "attempts", "001.json")))
-            end = os.path.getmtime(io.resolve(io.join(d, "trial.parquet"))[1])
+            row = trial_files.read_result(d)
+            attempt = trial_files.read_attempt(d, 1)
+            end = os.path.getmtime(io.resolve(io.join(d, trial_files.TRIAL))[1])
             per.append({"pid": attempt["pid"], "start": attempt["time"] - (fit_end - makespan),
                         "end": end - (fit_end - makespan), "wall_s": row["wall_s"]})
     return {"n": n, "steps": steps, "concurrency": status.local_slots(spec, n), "makespan_s": makespan,

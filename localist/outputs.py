@@ -6,7 +6,7 @@ import importlib.metadata as md
 
 import pyarrow as pa
 
-from localist import io
+from localist import io, trial_files
 from localist.config import TrialConfig
 
 # Held-out loss by the query token's 0-based position in its block: name -> [low, high) positions.
@@ -53,15 +53,15 @@ def trial_row(trial_id: str, cfg: TrialConfig, summary: dict) -> dict:
 def write_rows(out: str, trial_id: str, steps: list[dict], layers: list[dict]) -> None:
     """steps.parquet and layers.parquet with every row so far (each write replaces the file atomically),
     also while the trial runs: without trial.parquet beside them they are partial."""
-    io.write_parquet(_table("steps", trial_id, steps), io.join(out, "steps.parquet"))
-    io.write_parquet(_table("layers", trial_id, layers), io.join(out, "layers.parquet"))
+    io.write_parquet(_table("steps", trial_id, steps), io.join(out, trial_files.STEPS))
+    io.write_parquet(_table("layers", trial_id, layers), io.join(out, trial_files.LAYERS))
 
 
 def write_trial(out: str, trial_id: str, cfg: TrialConfig, summary: dict, steps: list[dict],
                 layers: list[dict], attention: list[dict]) -> dict:
     """steps, layers and attention first; trial.parquet last, so its presence means 'complete'."""
     write_rows(out, trial_id, steps, layers)
-    io.write_parquet(_table("attention", trial_id, attention), io.join(out, "attention.parquet"))
+    io.write_parquet(_table("attention", trial_id, attention), io.join(out, trial_files.ATTENTION))
     row = trial_row(trial_id, cfg, summary)
-    io.write_parquet(pa.Table.from_pylist([row]), io.join(out, "trial.parquet"))
+    io.write_parquet(pa.Table.from_pylist([row]), io.join(out, trial_files.TRIAL))
     return row

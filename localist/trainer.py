@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from localist import faults, flex, io, outputs, speed
+from localist import faults, flex, io, outputs, speed, trial_files
 from localist.attention import LocalityContext
 from localist.config import TrialConfig
 from localist.data import Dataset, prepare
@@ -459,7 +459,7 @@ class Trainer:
 def run_trial(cfg: TrialConfig, out: str, trial_id: str = "trial", log=print) -> TrialResult:
     """Standalone trial (``localist train``): checkpoints under OUT/checkpoint, resumed if present."""
     trainer = Trainer(cfg, out, trial_id, log)
-    ckpt_uri = io.join(out, "checkpoint")
+    ckpt_uri = io.join(out, trial_files.CHECKPOINT)
     local = io.is_local(out)
     if local and io.exists(io.join(ckpt_uri, STATE_FILE)):
         trainer.load_checkpoint(io.resolve(ckpt_uri)[1])
@@ -477,7 +477,7 @@ def run_trial(cfg: TrialConfig, out: str, trial_id: str = "trial", log=print) ->
         shutil.rmtree(old, ignore_errors=True)
 
     def progress(info: dict) -> None:
-        io.write_text(io.join(out, "progress.json"), json.dumps(info))
+        trial_files.write_progress(out, info)
 
     io.makedirs(out)
     result = trainer.fit(on_checkpoint=save, on_progress=progress)

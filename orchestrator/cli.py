@@ -17,15 +17,15 @@ def _warn(messages: list[str]) -> None:
 
 
 def _cmd_train(a) -> int:
-    from localist import config, config_files, io
+    from localist import config, config_files, io, trial_files
     from localist.trainer import run_trial
 
     cfg = config_files.load(a.config, a.set)  # also refuses a corpus file that does not exist
-    if io.exists(io.join(a.out, "trial.parquet")):  # written last: the folder holds a finished result
+    if trial_files.has_result(a.out):  # written last: the folder holds a finished result
         if not a.force:
-            raise ConfigError(f"--out {a.out}: already holds a finished result (trial.parquet); "
+            raise ConfigError(f"--out {a.out}: already holds a finished result ({trial_files.TRIAL}); "
                               "pass --force to replace it, or choose another folder")
-        for old in ("trial.parquet", "checkpoint"):  # start afresh, never from a stale checkpoint
+        for old in (trial_files.TRIAL, trial_files.CHECKPOINT):  # start afresh, never from a stale checkpoint
             io.delete(io.join(a.out, old))
     _warn(config.warnings_for(cfg))
     if a.save_model:

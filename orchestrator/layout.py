@@ -4,10 +4,12 @@
   sweep.yaml                 the validated spec the sweep was started with (resume reads it)
   driver.json                the cluster the last driver ran on and its trial slots (status's ETA)
   .driver.lock               held by the running driver (status says whether one is alive)
-  trials/<run_id>/           one trial's trial/steps/layers/attention.parquet, progress.json,
-                             attempts/*.json (one per start) and error.json (last failure)
-  tune/                      Ray Tune's experiment state and checkpoints; per trial its live metrics
-                             (progress.csv, result.json, params.json, TensorBoard event files)
+  logs/driver-<time>.log     each driver's console output
+  trials/<run_id>/           one trial's folder: trial/steps/layers/attention.parquet, progress.json,
+                             attempts/*.json (one per start), error.json (last failure), values.json
+                             and stopped.json (search trials); its layout is localist.trial_files
+  tune/                      Ray Tune's experiment state; per trial (tune/<run_id>/) its checkpoint_*
+                             folders and live metrics (progress.csv, result.json, params.json, TensorBoard)
   mlflow/, wandb/            tracker stores, when the sweep's `tracking:` uses the defaults
   tune-search/<group>/       search sweeps: one Tune experiment per search (searcher state inside)
   search/<group>.json        a finished search: its trials, ranked, and the settings to confirm
@@ -19,15 +21,22 @@
 
 from __future__ import annotations
 
+import time
+
 import yaml
 
-from localist import io
+from localist import io, trial_files
 from localist.config import ConfigError
 from orchestrator.spec import SweepSpec, validate
 
 
+def trials_dir(sweep_uri: str) -> str:
+    """trials/: one folder per run (trial_dir), laid out as localist.trial_files says."""
+    return io.join(sweep_uri, "trials")
+
+
 def trial_dir(sweep_uri: str, run_id: str) -> str:
-    return io.join(sweep_uri, "trials", run_id)
+    return io.join(trials_dir(sweep_uri), run_id)
 
 
 def spec_file(sweep_uri: str) -> str:
@@ -43,6 +52,16 @@ def driver_file(sweep_uri: str) -> str:
     return io.join(sweep_uri, "driver.json")
 
 
+def mlflow_dir(sweep_uri: str) -> str:
+    """MLflow's default file store (local storage only)."""
+    return io.join(sweep_uri, "mlflow")
+
+
+def wandb_dir(sweep_uri: str) -> str:
+    """Where W&B keeps its (offline) runs (local storage only)."""
+    return io.join(sweep_uri, "wandb")
+
+
 def results_dir(sweep_uri: str) -> str:
     return io.join(sweep_uri, "results")
 
@@ -51,7 +70,7 @@ RESULT_KINDS = ("trials", "steps", "layers", "attention")  # results/<kind>.parq
 
 
 def results_file(sweep_uri: str, kind: str) -> str:
-    return io.join(results_dir(sweep_uri), f"{kind}.parquet")
+    return io.join(results_dir(sweep_uri), RESULT_FILES[kind])
 
 
 def summary_dir(sweep_uri: str) -> str:
@@ -85,12 +104,49 @@ def search_tune_dir(sweep_uri: str, group: str) -> str:
     return io.join(sweep_uri, "tune-search", group)
 
 
+def search_dir(sweep_uri: str) -> str:
+    return io.join(sweep_uri, "search")
+
+
 def search_file(sweep_uri: str, group: str) -> str:
-    return io.join(sweep_uri, "search", f"{group}.json")
+    return io.join(search_dir(sweep_uri), f"{group}.json")
+
+
+def search_files(sweep_uri: str) -> list[str]:
+    """The records of the searches that finished (search/<group>.json), by group name."""
+    names = io.listdir(search_dir(sweep_uri))
+    return [io.join(search_dir(sweep_uri), n) for n in names if n.endswith(".json") and not n.startswith("_")]
 
 
 def rounds_file(sweep_uri: str) -> str:
-    return io.join(sweep_uri, "search", "_rounds.json")  # '_' starts no cell name: never a search's file
+    return io.join(search_dir(sweep_uri), "_rounds.json")  # '_' starts no cell name: never a search's file
+
+
+# results/<kind>.parquet: the trials' files consolidated (rows keep the trial's file name), and the search's
+RESULT_FILES = {"trials": "trials.parquet", **trial_files.ROWS, "search": "search.parquet"}
+
+
+def tune_trial_dir(sweep_uri: str, run_id: str) -> str:
+    """A grid trial's folder in Tune's experiment: its checkpoints and live metrics."""
+    return io.join(tune_dir(sweep_uri), run_id)
+
+
+TUNE_CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders in a trial's Tune folder: checkpoint_000003
+
+
+def seed_tune_dir(sweep_uri: str, seed: int) -> str:
+    """confirm.until: the Tune experiment of the round that added `seed`."""
+    return io.join(sweep_uri, f"tune-seed{seed}")
+
+
+def lock_file(sweep_uri: str) -> str:
+    """Held by the running driver (sweep/lock.py)."""
+    return io.join(sweep_uri, ".driver.lock")
+
+
+def driver_log_file(sweep_uri: str, started: float) -> str:
+    """The console log of the driver started at `started` (a time.time())."""
+    return io.join(sweep_uri, "logs", time.strftime("driver-%Y%m%d-%H%M%S.log", time.gmtime(started)))
 
 
 # The saved spec: what a sweep folder was started with (resume, status, collect and submit read it).

@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.tracking import Tracking
 from localist.config import ConfigError, TrialConfig, flatten, valid_keys
 from localist.config_files import build, check_files as check_config_files, deep_merge, format_validation_error, \
     load_yaml, nearest
@@ -27,6 +26,29 @@ from orchestrator import search as search_section
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SPEC_KEYS = ["name", "description", "base", "grid", "comparators", "resources", "max_concurrent", "storage",
              "retries", "checkpoint_every", "keep_checkpoints", "save_model", "search", "tracking"]
+
+
+# The `tracking:` section (orchestrator/sweep/tracking.py turns it into Tune callbacks).
+
+class MLflow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str | None = None  # default: file store <sweep>/mlflow (local storage only)
+    experiment: str | None = None  # default: the sweep's name
+    tags: dict[str, str] = {}
+
+
+class Wandb(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project: str | None = None  # default: the sweep's name
+    group: str | None = None
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; default offline unless W&B is set up
+
+
+class Tracking(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mlflow: MLflow | None = None
+    wandb: Wandb | None = None
 
 
 class Resources(BaseModel):

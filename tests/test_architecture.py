@@ -110,3 +110,63 @@ def test_local_ray_is_kept_on_loopback_by_the_pinned_ray(monkeypatch):
     other = types.SimpleNamespace(__version__="9.9.9", _private=types.SimpleNamespace(ray_constants=types.SimpleNamespace()))
     with pytest.raises(RuntimeError, match=r"ray 9\.9\.9 has no ray\._private\.ray_constants\.ENABLE_RAY_CLUSTER"):
         ray_start.loopback_only(other)
+
+
+# -- every file of a trial's folder and of a sweep is named in one module ----------------------------------
+
+NAMED_IN = {  # file name -> the one module that spells it (everyone else uses its constants and helpers)
+    **dict.fromkeys(("trial.parquet", "steps.parquet", "layers.parquet", "attention.parquet", "progress.json",
+                     "error.json", "values.json", "stopped.json"), "localist/trial_files.py"),
+    **dict.fromkeys(("trials.parquet", "search.parquet", "sweep.yaml", "driver.json", ".driver.lock", "_rounds.json",
+                     "tune-search", "tune-seed", "checkpoint_", "provenance.json", "report.html",
+                     "ratio_heatmap.png"), "orchestrator/layout.py"),
+}
+FOLDERS_IN = {  # a folder name -> the one module that spells it and may join it (io.join, os.path.join)
+    **dict.fromkeys(("attempts", "checkpoint"), "localist/trial_files.py"),
+    **dict.fromkeys(("trials", "results", "summary", "tune", "search", "logs", "mlflow", "wandb"), "orchestrator/layout.py"),
+}
+def _sources() -> dict[str, ast.Module]:
+    out = {}
+    for pkg in ("localist", "orchestrator", "benchmarks"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            rel = f.relative_to(ROOT).as_posix()
+            out[rel] = ast.parse(f.read_text())
+    return out
+
+
+def _strings(tree: ast.Module) -> list[str]:
+    """Every string literal of a module (the literal parts of f-strings too), docstrings left out."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docs]
+
+
+def _joined(tree: ast.Module) -> list[str]:
+    """String literals passed to a function named join (io.join, lio.join, os.path.join)."""
+    return [a.value for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and (getattr(n.func, "attr", None) or getattr(n.func, "id", None)) == "join"
+            for a in n.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+
+
+def _named(name: str, text: str) -> bool:
+    """`name` as a whole file name in `text` ("trial.parquet", "/trial.parquet", "(trial.parquet);")."""
+    return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", text) is not None
+
+
+def test_each_trial_and_sweep_file_is_named_in_one_module():
+    sources = _sources()
+    assert "localist/trial_files.py" in sources and "orchestrator/sweep/status.py" in sources
+    strings = {m: _strings(t) for m, t in sources.items()}
+    joined = {m: _joined(t) for m, t in sources.items()}
+    bad = {}
+    for name, owner in NAMED_IN.items():
+        where = sorted(m for m, s in strings.items() if any(_named(name, x) for x in s))
+        if where != [owner]:
+            bad[name] = where
+    for name, owner in FOLDERS_IN.items():
+        where = sorted(m for m, s in joined.items() if name in s and m != owner)
+        if where or name not in strings[owner]:
+            bad[name] = where + [f"not {owner}"] * (name not in strings[owner])
+    assert not bad, f"named outside their owner (file or folder -> modules that name it): {bad}"

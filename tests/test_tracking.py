@@ -1,6 +1,7 @@
 """Tracker settings that need no tracker installed (the MLflow path runs in tests/test_sweep.py)."""
 
-from orchestrator import tracking
+from orchestrator.spec import Tracking
+from orchestrator.sweep import tracking
 
 
 def test_wandb_is_offline_unless_set_up_here(monkeypatch, tmp_path):
@@ -16,9 +17,9 @@ def test_wandb_is_offline_unless_set_up_here(monkeypatch, tmp_path):
 
 
 def test_hints_name_the_sweeps_own_folders():
-    spec = tracking.Tracking.model_validate({"mlflow": {}})
+    spec = Tracking.model_validate({"mlflow": {}})
     lines = tracking.hints(spec, "/data/sweeps/quick")
     assert lines[0] == "[sweep] TensorBoard: tensorboard --logdir /data/sweeps/quick/tune"
     assert lines[1].endswith("mlflow ui --backend-store-uri file:///data/sweeps/quick/mlflow")
-    server = tracking.Tracking.model_validate({"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
+    server = Tracking.model_validate({"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
     assert tracking.mlflow_uri(server, "s3://bucket/sweeps/quick") == "http://127.0.0.1:5000"

@@ -13,13 +13,12 @@ from orchestrator.search import CELL_KEY
 def report_note(sweep_uri: str) -> str | None:
     """What the summary of a search sweep must say: its results confirm searched settings, how
     each search went, and whether seeds were added sequentially. None for other sweeps."""
-    folder = io.join(sweep_uri, "search")
-    names = [n for n in io.listdir(folder) if n.endswith(".json") and not n.startswith("_")]
-    if not names:
+    records = layout.search_files(sweep_uri)
+    if not records:
         return None
     parts = []
-    for name in names:
-        rec = json.loads(io.read_text(io.join(folder, name)))
+    for f in records:
+        rec = json.loads(io.read_text(f))
         statuses = [t["status"] for t in rec["trials"]]
         counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
         best = rec["top"][0] if rec["top"] else None
@@ -28,8 +27,8 @@ def report_note(sweep_uri: str) -> str | None:
         parts.append(f"{rec['group']}: {len(statuses)} trials ({counts}), best {shown} "
                      f"({rec['metric']} {best[rec['metric']]:.4f})" if best else f"{rec['group']}: no completed trial")
     text = ("These results rerun settings found by a search. Only completed search trials were ranked; "
-            "stopped (early-stopped), diverged and errored ones are listed in results/search.parquet and "
-            "never averaged. " + "; ".join(parts) + ".")
+            f"stopped (early-stopped), diverged and errored ones are listed in {layout.results_file('', 'search')} "
+            "and never averaged. " + "; ".join(parts) + ".")
     rounds_f = layout.rounds_file(sweep_uri)
     rounds = json.loads(io.read_text(rounds_f)) if io.exists(rounds_f) else []
     if rounds:

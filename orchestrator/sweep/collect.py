@@ -6,13 +6,12 @@ of the run that stood for it, with run_trial_id naming that run. Rerunning gives
 
 from __future__ import annotations
 
-import json
 import math
 
 import pandas as pd
 import pyarrow as pa
 
-from localist import faults, io
+from localist import faults, io, trial_files
 from localist.outputs import SCHEMAS, trial_row
 from orchestrator import layout
 from orchestrator.spec import SweepSpec, Trial
@@ -35,13 +34,11 @@ def _coords(spec: SweepSpec, t: Trial) -> dict:
 
 def _outcome(sweep_uri: str, t: Trial) -> dict:
     d = layout.trial_dir(sweep_uri, t.run_id)
-    f = io.join(d, "trial.parquet")
-    if io.exists(f):
-        return io.read_parquet(f).to_pylist()[0]
-    err_f = io.join(d, "error.json")
+    if trial_files.has_result(d):
+        return trial_files.read_result(d)
+    e = trial_files.read_error(d)
     error, status = None, "missing"
-    if io.exists(err_f):  # errored once every retry failed; until then (or if cut short) missing
-        e = json.loads(io.read_text(err_f))
+    if e is not None:  # errored once every retry failed; until then (or if cut short) missing
         error, status = e["error"], "errored" if e.get("final") else "missing"
     return trial_row(t.run_id, t.config, {"status": status, "error": error, "eval_loss": math.nan,
                                           "eval_ppl": math.nan})
@@ -58,18 +55,17 @@ def collect(spec: SweepSpec, trials: list[Trial], sweep_uri: str | None = None) 
         rows.append({**coords, **row})
         if t.run_id not in cache:
             d = layout.trial_dir(sweep_uri, t.run_id)
-            cache[t.run_id] = {k: io.read_parquet(io.join(d, f"{k}.parquet")).to_pandas()
-                               for k in KINDS if io.exists(io.join(d, f"{k}.parquet"))}
+            cache[t.run_id] = {k: io.read_parquet(io.join(d, trial_files.ROWS[k])).to_pandas()
+                               for k in KINDS if io.exists(io.join(d, trial_files.ROWS[k]))}
         for kind, df in cache[t.run_id].items():
             df = df.drop(columns=["trial_id"])
             parts[kind].append(df.assign(**coords))
-    out = layout.results_dir(sweep_uri)
     trials_df = pd.DataFrame(rows)
-    io.write_parquet(pa.Table.from_pandas(trials_df, preserve_index=False), io.join(out, "trials.parquet"))
+    io.write_parquet(pa.Table.from_pandas(trials_df, preserve_index=False), layout.results_file(sweep_uri, "trials"))
     faults.crash_point("collect")
     for kind in KINDS:
         df = pd.concat(parts[kind], ignore_index=True) if parts[kind] else pd.DataFrame(columns=list(_coords(spec, trials[0])))
         front = list(_coords(spec, trials[0]))
         df = df[front + [c for c in df.columns if c not in front]]
-        io.write_parquet(pa.Table.from_pandas(df, preserve_index=False), io.join(out, f"{kind}.parquet"))
+        io.write_parquet(pa.Table.from_pandas(df, preserve_index=False), layout.results_file(sweep_uri, kind))
     return trials_df["status"].value_counts().to_dict()

@@ -17,13 +17,10 @@ import tempfile
 import time
 
 from localist import io
+from orchestrator import layout
 
 OURS = re.compile(r"^\[[A-Za-z0-9][A-Za-z0-9._-]*\] ")  # "[peak-1__quintic__s2] step ...", "[data] ..."
 PROBLEM = re.compile(r"Traceback \(most recent call last\)|\b[A-Z]\w*(Error|Exception)\b|\b(ERROR|CRITICAL)\b")
-
-
-def log_uri(sweep_uri: str, started: float) -> str:
-    return io.join(sweep_uri, "logs", time.strftime("driver-%Y%m%d-%H%M%S.log", time.gmtime(started)))
 
 
 class _OneLineErrors(logging.Formatter):
@@ -50,7 +47,7 @@ class Console:
 
     def __init__(self, sweep_uri: str, verbose: bool = False, log=print):
         self.verbose, self.log = verbose, log
-        self.uri = log_uri(sweep_uri, time.time())
+        self.uri = layout.driver_log_file(sweep_uri, time.time())
         self._file = self._handler = None
         self._levels: list[tuple[logging.Handler, int]] = []
         # Ray reads these when it is imported / when Tune starts, so they must be set first.

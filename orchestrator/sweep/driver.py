@@ -18,8 +18,8 @@ from localist import io
 from localist.config import ConfigError
 from localist.data import prepare
 from localist.errors import UserError
-from orchestrator import layout, tracking
-from orchestrator.sweep import console, ray_start, status, tuners
+from orchestrator import layout
+from orchestrator.sweep import console, ray_start, status, tracking, tuners
 from orchestrator.sweep.collect import collect
 from orchestrator.sweep.lock import SweepLock
 from orchestrator.spec import SweepSpec, Trial, check_files, expand, runs
@@ -213,8 +213,7 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
         if not trials:
             return 0 if search_bad == 0 else 1
     counts = collect(spec, trials, sweep_uri)
-    results = layout.results_dir(sweep_uri)
-    log(f"[sweep] results: {counts} -> {results}/trials.parquet (+ steps, layers, attention)")
+    log(f"[sweep] results: {counts} -> {layout.results_file(sweep_uri, 'trials')} (+ steps, layers, attention)")
     if aggregate:
         from orchestrator.analysis.aggregate import aggregate as run_aggregate
 

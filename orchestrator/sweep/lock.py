@@ -16,6 +16,7 @@ import time
 
 from localist import io
 from localist.errors import UserError
+from orchestrator import layout
 
 LEASE_S = 120.0
 
@@ -26,7 +27,7 @@ class SweepLocked(UserError, RuntimeError):
 
 class SweepLock:
     def __init__(self, sweep_uri: str):
-        self.uri = io.join(sweep_uri, ".driver.lock")
+        self.uri = layout.lock_file(sweep_uri)
         self._fd: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

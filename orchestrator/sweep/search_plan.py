@@ -138,7 +138,7 @@ def trials_of(spec: SweepSpec, sweep_uri: str, source: str) -> list[Trial]:
 def started(sweep_uri: str, group: Group) -> list[str]:
     """The search trials of a group that have a folder (named <group>__t<NNN> by the searcher)."""
     pattern = re.compile(re.escape(group.name) + r"__t\d+$")
-    return [n for n in io.listdir(io.join(sweep_uri, "trials")) if pattern.match(n)]
+    return [n for n in io.listdir(layout.trials_dir(sweep_uri)) if pattern.match(n)]
 
 
 def search_trials(spec: SweepSpec, sweep_uri: str) -> list[Trial]:

@@ -19,7 +19,7 @@ import os
 import pandas as pd
 import pyarrow as pa
 
-from localist import io
+from localist import io, trial_files
 from localist.outputs import trial_row
 from localist.config import TrainConfig, TrialConfig
 from orchestrator import layout
@@ -95,8 +95,8 @@ def _state_problem(tune_uri: str) -> str | None:
 
 def _score(sweep_uri: str, trial_id: str, metric: str) -> float | None:
     """A finished trial's result for the searcher (None: nothing finite to learn from)."""
-    f = io.join(layout.trial_dir(sweep_uri, trial_id), "trial.parquet")
-    x = io.read_parquet_rows(f, [metric])[0][metric] if io.exists(f) else None
+    d = layout.trial_dir(sweep_uri, trial_id)
+    x = trial_files.read_result(d, [metric])[metric] if trial_files.has_result(d) else None
     return float(x) if x is not None and math.isfinite(x) else None
 
 
@@ -110,9 +110,9 @@ def _finished(sweep_uri: str, group: Group) -> dict[str, dict]:
     out = {}
     for name in started(sweep_uri, group):
         d = layout.trial_dir(sweep_uri, name)
-        if not _ended(d) or not io.exists(io.join(d, "values.json")):
-            continue
-        out[name] = json.loads(io.read_text(io.join(d, "values.json")))
+        values = trial_files.read_values(d) if trial_files.ended(d) else None
+        if values is not None:
+            out[name] = values
     return out
 
 
@@ -197,18 +197,18 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
 def _outcome(sweep_uri: str, trial_id: str, metrics: dict) -> dict:
     """status and last eval of a search trial whose Tune run ended."""
     d = layout.trial_dir(sweep_uri, trial_id)
-    if io.exists(io.join(d, "trial.parquet")):
-        row = io.read_parquet(io.join(d, "trial.parquet")).to_pylist()[0]
+    if trial_files.has_result(d):
+        row = trial_files.read_result(d)
         return {"status": row["status"], "eval_loss": row["eval_loss"], "eval_ppl": row["eval_ppl"],
                 "step": row["final_step"], "error": None}
-    err_f = io.join(d, "error.json")
-    if io.exists(err_f) and json.loads(io.read_text(err_f)).get("final"):
+    err = trial_files.read_error(d)
+    if err is not None and err.get("final"):
         return {"status": "errored", "eval_loss": math.nan, "eval_ppl": math.nan,
-                "step": metrics.get("step", 0), "error": json.loads(io.read_text(err_f))["error"]}
+                "step": metrics.get("step", 0), "error": err["error"]}
     # Tune ended it without a result: the scheduler stopped it after its last evaluation
     out = {"status": "stopped", "eval_loss": float(metrics.get("eval_loss", math.nan)),
            "eval_ppl": float(metrics.get("eval_ppl", math.nan)), "step": int(metrics.get("step", 0)), "error": None}
-    io.write_text(io.join(d, "stopped.json"), json.dumps(out))
+    trial_files.write_stopped(d, out)
     return out
 
 
@@ -264,12 +264,6 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
     return trials
 
 
-def _ended(d: str) -> bool:
-    """A trial folder whose trial completed, diverged or failed for good."""
-    err = io.join(d, "error.json")
-    return io.exists(io.join(d, "trial.parquet")) or (io.exists(err) and json.loads(io.read_text(err)).get("final"))
-
-
 def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
     """Sequential seeding: while a cell's ratio CI is wider than the target and it has had fewer
     than max_seeds seeds, add the next seed to it (and to the baseline cells), one round at a time.
@@ -280,9 +274,9 @@ def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list
         trials = confirm_trials(spec, sweep_uri, source)
         for r in rounds:
             new = [t for t in trials if t.seed == r["seed"]]
-            if not all(_ended(layout.trial_dir(sweep_uri, t.run_id)) for t in new):
+            if not all(trial_files.ended(layout.trial_dir(sweep_uri, t.run_id)) for t in new):
                 log(f"[search] seed round {r['seed']}: {len(new)} results for {', '.join(r['cells'])}")
-                tune_uri = io.join(sweep_uri, f"tune-seed{r['seed']}")
+                tune_uri = layout.seed_tune_dir(sweep_uri, r["seed"])
                 tuners.mark_final_errors(fit(tuners.grid_tuner(spec, new, sweep_uri, tune_uri)[0], new), sweep_uri)
         need = _needing_seeds(spec, trials, sweep_uri, log)
         if not need:
@@ -304,7 +298,7 @@ def _needing_seeds(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log) ->
     except AggregateError as e:  # no baseline among the results: nothing to narrow
         log(f"[search] no sequential seeding: {e}")
         return []
-    rows = io.read_parquet(io.join(layout.results_dir(sweep_uri), "trials.parquet")).to_pandas()
+    rows = io.read_parquet(layout.results_file(sweep_uri, "trials")).to_pandas()
 
     def key(r) -> tuple:
         return tuple(None if pd.isna(r[k]) else r[k] for k in ("configuration", "schedule", "comparator"))
@@ -346,8 +340,8 @@ def collect_search(spec: SweepSpec, sweep_uri: str) -> pd.DataFrame:
         for r in json.loads(io.read_text(f))["trials"]:
             cell = by_name[r["values"][CELL_KEY]]
             d = layout.trial_dir(sweep_uri, r["trial_id"])
-            if io.exists(io.join(d, "trial.parquet")):
-                row = io.read_parquet(io.join(d, "trial.parquet")).to_pylist()[0]
+            if trial_files.has_result(d):
+                row = trial_files.read_result(d)
             else:
                 tree = with_values(trees[cell.name], {k: v for k, v in r["values"].items() if k != CELL_KEY})
                 tree["seed"] = spec.seeds[0]
@@ -362,8 +356,7 @@ def collect_search(spec: SweepSpec, sweep_uri: str) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if len(df):
         df["search_rank"] = df["search_rank"].astype("Int64")
-        io.write_parquet(pa.Table.from_pandas(df, preserve_index=False),
-                         io.join(layout.results_dir(sweep_uri), "search.parquet"))
+        io.write_parquet(pa.Table.from_pandas(df, preserve_index=False), layout.results_file(sweep_uri, "search"))
     return df
 
 
@@ -373,8 +366,7 @@ def finish(spec: SweepSpec, sweep_uri: str, log) -> int:
     if not len(df):
         log("[search] no finished search yet")
         return 1
-    log(f"[search] results: {df['status'].value_counts().to_dict()} -> "
-        f"{layout.results_dir(sweep_uri)}/search.parquet")
+    log(f"[search] results: {df['status'].value_counts().to_dict()} -> {layout.results_file(sweep_uri, 'search')}")
     best = df[df["search_rank"] == 1][["search_group", *spec.search.space, spec.search.metric]]
     log("[search] best per search:\n" + best.to_string(index=False))
     return int(df["status"].isin(["errored", "missing"]).sum())

@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from localist import io
+from localist import io, trial_files
 from orchestrator import layout
 from orchestrator.spec import Trial
 
@@ -39,24 +39,25 @@ def run_states(sweep_uri: str, trials: list[Trial]) -> list[dict]:
                "node": "", "error": "", "eval_loss": float("nan"), "eval_step": 0, "loss": float("nan"),
                "tokens_per_s": float("nan"), "eta_s": float("nan")}
         names = io.listdir(d)
-        row["attempts"] = len(io.listdir(io.join(d, "attempts"))) if "attempts" in names else 0
-        if "trial.parquet" in names:
-            r = io.read_parquet_rows(io.join(d, "trial.parquet"), STATUS_COLUMNS)[0]
+        row["attempts"] = trial_files.attempts(d) if trial_files.ATTEMPTS in names else 0
+        if trial_files.TRIAL in names:
+            r = trial_files.read_result(d, STATUS_COLUMNS)
             row.update(state=r["status"], step=r["final_step"], eval_ppl=r["eval_ppl"], wall_s=r["wall_s"],
                        node=(r.get("node_id") or "")[:8], error=r.get("error") or "", eval_loss=r["eval_loss"],
                        eval_step=r["final_step"], tokens_per_s=r["tokens_per_s"], eta_s=0.0)
-        elif "stopped.json" in names:  # a search trial the scheduler stopped early
-            r = _json(io.join(d, "stopped.json")) or {}
+        elif trial_files.STOPPED in names:  # a search trial the scheduler stopped early
+            r = _json(io.join(d, trial_files.STOPPED)) or {}
             row.update(state="stopped", step=r.get("step", 0), eval_ppl=r.get("eval_ppl", float("nan")),
                        eval_loss=r.get("eval_loss", float("nan")), eval_step=r.get("step", 0))
         else:
-            prog = _json(io.join(d, "progress.json")) if "progress.json" in names else None
-            err = _json(io.join(d, "error.json")) if "error.json" in names else None
+            # read as they are being rewritten: an unreadable record counts as none
+            prog = _json(io.join(d, trial_files.PROGRESS)) if trial_files.PROGRESS in names else None
+            err = _json(io.join(d, trial_files.ERROR)) if trial_files.ERROR in names else None
             if prog:
                 row.update(step=prog["step"], eta_s=prog.get("eta_s"), updated=prog.get("time"),
                            loss=prog.get("loss"), tokens_per_s=prog.get("tokens_per_s"))
-            if "steps.parquet" in names:
-                row.update(_latest_eval(io.join(d, "steps.parquet")))
+            if trial_files.STEPS in names:
+                row.update(_latest_eval(io.join(d, trial_files.STEPS)))
             if err:
                 row["error"] = err["error"]
                 row["state"] = "errored" if err.get("final") else "retrying"

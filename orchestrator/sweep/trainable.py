@@ -7,7 +7,6 @@ previous driver already finished (its trial.parquet exists), so resumes never re
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -17,7 +16,7 @@ import traceback
 
 import torch
 
-from localist import io
+from localist import trial_files
 from localist.config import TrialConfig
 from localist.trainer import Trainer
 from orchestrator import layout
@@ -64,8 +63,8 @@ def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str
 
     name = tune.get_context().get_trial_name()
     # what was sampled, beside the results: a search continued after a torn save tells its searcher
-    io.write_text(io.join(layout.trial_dir(sweep_uri, name), "values.json"),
-                  json.dumps({k: v for k, v in config.items() if "." in k or k == CELL_KEY}))
+    trial_files.write_values(layout.trial_dir(sweep_uri, name),
+                             {k: v for k, v in config.items() if "." in k or k == CELL_KEY})
     _train(name, build, sweep_uri, cpus, search=True)
 
 
@@ -81,19 +80,18 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
     if os.environ.get("TUNE_ORIG_WORKING_DIR"):
         os.chdir(os.environ["TUNE_ORIG_WORKING_DIR"])
     out = layout.trial_dir(sweep_uri, trial_id)
-    done = io.join(out, "trial.parquet")
-    if io.exists(done):
-        row = io.read_parquet(done).to_pylist()[0]
+    if trial_files.has_result(out):
+        row = trial_files.read_result(out)
         _report(metrics(row["final_step"], row["n_layer_actual"], row, row["status"], skipped=1))
         return
     torch.set_num_threads(max(1, int(cpus)))
     cfg = make_config()
-    attempt = len(io.listdir(io.join(out, "attempts"))) + 1
+    attempt = trial_files.attempts(out) + 1
     checkpoint = tune.get_checkpoint()
     node_id = ray.get_runtime_context().get_node_id()
-    io.write_text(io.join(out, "attempts", f"{attempt:03d}.json"), json.dumps({
+    trial_files.write_attempt(out, attempt, {
         "attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
-        "pid": os.getpid(), "from_checkpoint": checkpoint is not None}))
+        "pid": os.getpid(), "from_checkpoint": checkpoint is not None})
     trainer = Trainer(cfg, out, trial_id, extra={"node_id": node_id, "node_ip": ray.util.get_node_ip_address(),
                                                  "attempts": attempt})
     if checkpoint is not None:
@@ -116,7 +114,7 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
             _report(metrics(tr.step, tr.n_layer, values), d)
 
     def on_progress(info: dict) -> None:
-        io.write_text(io.join(out, "progress.json"), json.dumps({**info, "attempt": attempt}))
+        trial_files.write_progress(out, {**info, "attempt": attempt})
 
     def on_eval(tr: Trainer, loss: float) -> None:
         _report(metrics(tr.step, tr.n_layer, tr.metrics))
@@ -128,8 +126,6 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
         result = trainer.fit(on_checkpoint=on_checkpoint, on_progress=on_progress,
                              on_eval=on_eval if search else None, on_metrics=None if search else on_metrics)
     except Exception as e:
-        io.write_text(io.join(out, "error.json"), json.dumps({
-            "attempt": attempt, "time": time.time(), "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(), "final": False}))
+        trial_files.write_error(out, attempt, f"{type(e).__name__}: {e}", traceback.format_exc())
         raise
     _report(metrics(trainer.step, trainer.n_layer, trainer.metrics, result.status))

@@ -3,26 +3,25 @@ and callbacks, restore with this run's callbacks, checkpoint removal, final erro
 
 from __future__ import annotations
 
-import json
 import os
 
-from localist import io
-from orchestrator import layout, tracking
+from localist import io, trial_files
+from orchestrator import layout
 from orchestrator.spec import SweepSpec, Trial, runs
+from orchestrator.sweep import tracking
 
 
 def remove_checkpoints(trial_tune_dir: str) -> None:
     for name in io.listdir(trial_tune_dir):
-        if name.startswith("checkpoint_"):
+        if name.startswith(layout.TUNE_CHECKPOINT_PREFIX):
             io.delete(io.join(trial_tune_dir, name))
 
 
 def finished_checkpoints_removed(sweep_uri: str, trials: list[Trial]) -> None:
     """A trial with a result is never resumed: its Tune checkpoints only cost storage."""
-    tune_dir = layout.tune_dir(sweep_uri)
     for run_id in runs(trials):
-        if io.exists(io.join(layout.trial_dir(sweep_uri, run_id), "trial.parquet")):
-            remove_checkpoints(io.join(tune_dir, run_id))
+        if trial_files.has_result(layout.trial_dir(sweep_uri, run_id)):
+            remove_checkpoints(layout.tune_trial_dir(sweep_uri, run_id))
 
 
 def checkpoint_cleaner():
@@ -37,7 +36,8 @@ def checkpoint_cleaner():
             try:  # Tune's own view of where the trial lives, right even for a moved sweep folder
                 fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
                 for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-                    if entry.base_name.startswith("checkpoint_") and entry.type == pafs.FileType.Directory:
+                    is_dir = entry.type == pafs.FileType.Directory
+                    if is_dir and entry.base_name.startswith(layout.TUNE_CHECKPOINT_PREFIX):
                         fs.delete_dir(entry.path)
             except Exception:  # never fail the sweep over this: the pass after fit() removes them too
                 pass
@@ -109,7 +109,5 @@ def mark_final_errors(grid, sweep_uri: str) -> None:
         if r.error is None:
             continue
         tid = r.config.get("trial_id") or os.path.basename(r.path.rstrip("/"))  # search trials: named by Tune
-        f = io.join(layout.trial_dir(sweep_uri, tid), "error.json")
-        err = json.loads(io.read_text(f)) if io.exists(f) else {"error": str(r.error).splitlines()[-1]}
-        err["final"] = True
-        io.write_text(f, json.dumps(err))
+        last_line = (str(r.error).splitlines() or [""])[-1]  # the record when the trial wrote none
+        trial_files.mark_error_final(layout.trial_dir(sweep_uri, tid), last_line)

@@ -16,33 +16,12 @@ import math
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from localist import io
 from localist.config import ConfigError
+from orchestrator import layout
+from orchestrator.spec import Tracking
 
 INSTALL = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the module Ray's callback imports
-
-
-class MLflow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    tracking_uri: str | None = None  # default: file store <sweep>/mlflow (local storage only)
-    experiment: str | None = None  # default: the sweep's name
-    tags: dict[str, str] = {}
-
-
-class Wandb(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    project: str | None = None  # default: the sweep's name
-    group: str | None = None
-    entity: str | None = None
-    mode: str | None = None  # online | offline | disabled; default offline unless W&B is set up
-
-
-class Tracking(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mlflow: MLflow | None = None
-    wandb: Wandb | None = None
 
 
 def prepare(tracking: Tracking, sweep_uri: str, source: str) -> None:
@@ -62,7 +41,7 @@ def prepare(tracking: Tracking, sweep_uri: str, source: str) -> None:
 def mlflow_uri(tracking: Tracking, sweep_uri: str) -> str:
     if tracking.mlflow and tracking.mlflow.tracking_uri:
         return tracking.mlflow.tracking_uri
-    return "file://" + io.resolve(io.join(sweep_uri, "mlflow"))[1]
+    return "file://" + io.resolve(layout.mlflow_dir(sweep_uri))[1]
 
 
 def _wandb_mode(configured: str | None) -> str:
@@ -106,7 +85,7 @@ def callbacks(tracking: Tracking, sweep_uri: str, sweep_name: str) -> list:
         if w.entity:
             kw["entity"] = w.entity
         if io.is_local(sweep_uri):
-            kw["dir"] = io.resolve(io.join(sweep_uri, "wandb"))[1]
+            kw["dir"] = io.resolve(layout.wandb_dir(sweep_uri))[1]
             os.makedirs(kw["dir"], exist_ok=True)
         out.append(WandbCallback(project=w.project or sweep_name, group=w.group, **kw))
     return out
@@ -130,11 +109,11 @@ def param_space(run_cfgs: dict[str, dict]) -> dict:
 
 def hints(tracking: Tracking, sweep_uri: str) -> list[str]:
     """How to look at the sweep's live metrics, for the end of a run."""
-    lines = [f"[sweep] TensorBoard: tensorboard --logdir {io.join(sweep_uri, 'tune')}"]
+    lines = [f"[sweep] TensorBoard: tensorboard --logdir {layout.tune_dir(sweep_uri)}"]
     if tracking.mlflow:
         uri = mlflow_uri(tracking, sweep_uri)
         env = "MLFLOW_ALLOW_FILE_STORE=true " if uri.startswith("file:") else ""
         lines.append(f"[sweep] MLflow: {env}mlflow ui --backend-store-uri {uri}")
     if tracking.wandb and io.is_local(sweep_uri):
-        lines.append(f"[sweep] W&B: runs under {io.join(sweep_uri, 'wandb')} (offline ones upload with `wandb sync`)")
+        lines.append(f"[sweep] W&B: runs under {layout.wandb_dir(sweep_uri)} (offline ones upload with `wandb sync`)")
     return lines
