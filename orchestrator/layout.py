@@ -132,6 +132,7 @@ def tune_trial_dir(sweep_uri: str, run_id: str) -> str:
 
 
 TUNE_CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders in a trial's Tune folder: checkpoint_000003
+CHECKPOINT_EMPTIED = "EMPTIED"  # the one file left in a checkpoint folder emptied while its sweep ran
 
 
 def seed_tune_dir(sweep_uri: str, seed: int) -> str:

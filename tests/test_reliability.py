@@ -220,3 +220,25 @@ def test_second_driver_on_the_same_sweep_is_refused(tmp_path):
     trials = pd.read_parquet(tmp_path / "store" / "c" / "results" / "trials.parquet")
     assert len(trials) == 5 and (trials.status == "completed").all()
     assert set(attempts(tmp_path / "store" / "c").values()) == {1}
+
+
+def test_a_completed_trials_checkpoint_is_emptied_not_removed(tmp_path):
+    """A driver killed after a trial completed but before Tune saved it as finished resumes that
+    trial from its checkpoint, and Tune fails a trial whose checkpoint folder is gone (seen in this
+    file's crash test): so the live cleaner frees the space but leaves the folder, with a marker."""
+    import types
+
+    import pyarrow.fs as pafs
+
+    from orchestrator import layout
+    from orchestrator.sweep.tuners import checkpoint_cleaner
+
+    trial_dir = tmp_path / "tune" / "peak-1__quintic__s1"
+    ckpt = trial_dir / "checkpoint_000000"
+    (ckpt / "model").mkdir(parents=True)
+    (ckpt / "model" / "model.safetensors").write_bytes(b"\0" * 4096)
+    (trial_dir / "result.json").write_text("{}\n")
+    storage = types.SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(trial_dir))
+    checkpoint_cleaner().on_trial_complete(0, [], types.SimpleNamespace(storage=storage))
+    assert [p.name for p in ckpt.iterdir()] == [layout.CHECKPOINT_EMPTIED]
+    assert (trial_dir / "result.json").read_text() == "{}\n"  # only checkpoints are touched

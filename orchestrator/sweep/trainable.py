@@ -96,7 +96,10 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
                                                  "attempts": attempt})
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            trainer.load_checkpoint(d)
+            if os.path.exists(os.path.join(d, layout.CHECKPOINT_EMPTIED)):  # a stopped search trial
+                print(f"[{trial_id}] its checkpoint was emptied when Tune stopped it: starting from step 0", flush=True)
+            else:
+                trainer.load_checkpoint(d)
 
     def last_eval(tr: Trainer) -> float:
         return next((r["loss"] for r in reversed(tr.step_rows) if r["split"] == "eval"), math.nan)

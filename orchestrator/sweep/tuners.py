@@ -25,11 +25,14 @@ def finished_checkpoints_removed(sweep_uri: str, trials: list[Trial]) -> None:
 
 
 def checkpoint_cleaner():
-    """A Tune callback that removes a trial's checkpoints as soon as it completes (not on error:
-    an errored trial is retried from its checkpoint by `resume`)."""
+    """A Tune callback that empties a trial's checkpoints as soon as it completes (not on error: an
+    errored trial is retried from its checkpoint by `resume`), so finished trials hold no model
+    copies while a long sweep runs. Emptied, not removed: a driver killed before Tune saved the
+    trial as finished resumes it from that checkpoint, and Tune refuses one that is gone; the
+    trainable then reports the trial's result (or restarts a stopped one). The folders go after fit."""
     from ray import tune
 
-    class RemoveFinishedCheckpoints(tune.Callback):
+    class EmptyFinishedCheckpoints(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             import pyarrow.fs as pafs
 
@@ -38,11 +41,13 @@ def checkpoint_cleaner():
                 for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
                     is_dir = entry.type == pafs.FileType.Directory
                     if is_dir and entry.base_name.startswith(layout.TUNE_CHECKPOINT_PREFIX):
-                        fs.delete_dir(entry.path)
+                        fs.delete_dir_contents(entry.path)
+                        with fs.open_output_stream(f"{entry.path}/{layout.CHECKPOINT_EMPTIED}") as f:
+                            f.write(b"emptied when the trial completed; its result is in trials/<run_id>/\n")
             except Exception:  # never fail the sweep over this: the pass after fit() removes them too
                 pass
 
-    return RemoveFinishedCheckpoints()
+    return EmptyFinishedCheckpoints()
 
 
 def run_callbacks(spec: SweepSpec, sweep_uri: str) -> list:
