@@ -66,7 +66,6 @@ def results_dir(sweep_uri: str) -> str:
     return io.join(sweep_uri, "results")
 
 
-RESULT_KINDS = ("trials", "steps", "layers", "attention")  # results/<kind>.parquet (+ search.parquet)
 
 
 def results_file(sweep_uri: str, kind: str) -> str:
@@ -124,6 +123,16 @@ def rounds_file(sweep_uri: str) -> str:
 
 # results/<kind>.parquet: the trials' files consolidated (rows keep the trial's file name), and the search's
 RESULT_FILES = {"trials": "trials.parquet", **trial_files.ROWS, "search": "search.parquet"}
+
+
+def tune_experiments(sweep_uri: str) -> dict[str, str | None]:
+    """Every Tune experiment folder of a sweep -> the search it holds (None: grid or confirm trials):
+    tune/, tune-seed<N>/ of sequential seeding, tune-search/<group>/."""
+    out: dict[str, str | None] = {io.join(sweep_uri, n): None for n in io.listdir(sweep_uri)
+                                  if n == "tune" or n.startswith("tune-seed")}
+    searches = io.join(sweep_uri, "tune-search")
+    out.update({io.join(searches, g): g for g in io.listdir(searches)})
+    return out
 
 
 def tune_trial_dir(sweep_uri: str, run_id: str) -> str:

@@ -130,6 +130,11 @@ def check(search: Search, source: str) -> dict[str, tuple[str, Any]]:
     return parsed
 
 
+def sampled(config: dict[str, Any]) -> dict[str, Any]:
+    """What a searcher chose in a Tune config: the dotted trial keys and, when searched, the cell."""
+    return {k: v for k, v in config.items() if "." in k or k == CELL_KEY}
+
+
 def with_values(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A copy of a partial trial tree with dotted-key values set."""
     out = copy.deepcopy(tree)

@@ -72,7 +72,7 @@ class SweepSpec(BaseModel):
     keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept per running trial (a finished trial keeps none)")
     save_model: bool = Field(False, description="each run writes its final model as a Hugging Face folder")
     search: search_section.Search | None = Field(None, description="sample settings, then confirm the best")
-    tracking: Tracking = Field(default_factory=Tracking, description="MLflow / W&B runs (orchestrator.tracking)")
+    tracking: Tracking = Field(default_factory=Tracking, description="MLflow / W&B runs (orchestrator/sweep/tracking.py)")
 
     @field_validator("name")
     @classmethod

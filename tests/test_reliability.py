@@ -242,3 +242,24 @@ def test_a_completed_trials_checkpoint_is_emptied_not_removed(tmp_path):
     checkpoint_cleaner().on_trial_complete(0, [], types.SimpleNamespace(storage=storage))
     assert [p.name for p in ckpt.iterdir()] == [layout.CHECKPOINT_EMPTIED]
     assert (trial_dir / "result.json").read_text() == "{}\n"  # only checkpoints are touched
+
+
+def test_after_fit_checkpoints_go_unless_a_trial_may_resume(tmp_path):
+    """Once Tune's state is final: checkpoints of trials with a result and of searches that ended go,
+    in every Tune experiment of the sweep; an errored trial keeps its own for `resume`."""
+    from orchestrator import layout
+    from orchestrator.sweep.tuners import finished_checkpoints_removed
+
+    sweep = str(tmp_path)
+    folders = {"tune/done__s1": True, "tune/failed__s1": False, "tune-seed3/done__s3": True,
+               "tune-search/g/g__t001": True, "tune-search/h/h__t001": False}  # search h has not ended
+    for folder in folders:
+        (tmp_path / folder / "checkpoint_000000").mkdir(parents=True)
+        (tmp_path / "trials" / folder.rsplit("/", 1)[1]).mkdir(parents=True)
+    for run in ("done__s1", "done__s3"):
+        (tmp_path / "trials" / run / "trial.parquet").write_bytes(b"")
+    io.write_text(layout.search_file(sweep, "g"), "{}")
+    (tmp_path / "tune" / "tuner.pkl").write_bytes(b"")  # Tune's own files are left alone
+    finished_checkpoints_removed(sweep)
+    assert {f: (tmp_path / f / "checkpoint_000000").exists() for f in folders} == {f: not gone for f, gone in folders.items()}
+    assert (tmp_path / "tune" / "tuner.pkl").exists()

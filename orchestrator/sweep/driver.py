@@ -181,7 +181,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
                 if restored:
                     log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
                 tuners.mark_final_errors(fit(tuner, trials), sweep_uri)
-            tuners.finished_checkpoints_removed(sweep_uri, trials)
+            tuners.finished_checkpoints_removed(sweep_uri)
             log(f"[sweep] Ray Tune finished in {time.time() - t0:.1f}s")
             for line in tracking.hints(spec.tracking, sweep_uri):
                 log(line)

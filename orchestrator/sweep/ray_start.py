@@ -113,8 +113,8 @@ def slots(req: dict[str, float], nodes: list[dict[str, float]], max_concurrent: 
     return max(1, min(per_node or 1, max_concurrent or n_runs, n_runs))
 
 
-# A Ray this tool starts itself serves this machine alone, so it needs no token. The one place the
-# default is set: the driver below, and the tests and benchmarks that start Ray (by name, from here).
+# A Ray this tool starts itself serves this machine alone, so it needs no token. The one place this
+# default is set (`start` below); tests and benchmarks start their local Ray through it.
 LOCAL_AUTH = {"RAY_AUTH_MODE": "disabled"}
 
 

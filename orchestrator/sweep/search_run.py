@@ -23,7 +23,7 @@ from localist import io, trial_files
 from localist.outputs import trial_row
 from localist.config import TrainConfig, TrialConfig
 from orchestrator import layout
-from orchestrator.search import CELL_KEY, Search, rank, with_values
+from orchestrator.search import CELL_KEY, Search, rank, sampled, with_values
 from orchestrator.sweep import tuners
 from orchestrator.sweep.search_plan import Group, confirm_trials, groups, started
 from orchestrator.spec import SweepSpec, Trial, cells, check_files
@@ -104,13 +104,19 @@ def _trial_index(trial_id: str) -> int:
     return int(trial_id.rsplit("__t", 1)[1])
 
 
-def _finished(sweep_uri: str, group: Group) -> dict[str, dict]:
+def _finished(sweep_uri: str, group: Group, space: dict) -> dict[str, dict]:
     """trial id -> sampled values, for the group's search trials that completed, diverged or
-    failed for good (ASHA-stopped trials leave no such mark: a continuation samples them again)."""
+    failed for good (ASHA-stopped trials leave no such mark: a continuation samples them again).
+    A result without values.json (a trial older than that file) gives its values from its row."""
     out = {}
     for name in started(sweep_uri, group):
         d = layout.trial_dir(sweep_uri, name)
-        values = trial_files.read_values(d) if trial_files.ended(d) else None
+        if not trial_files.ended(d):
+            continue
+        values = trial_files.read_values(d)
+        if values is None and trial_files.has_result(d):
+            row = trial_files.read_result(d)
+            values = {k: row[k] for k in space if k in row} | ({CELL_KEY: group.cells[0]} if len(group.cells) == 1 else {})
         if values is not None:
             out[name] = values
     return out
@@ -124,7 +130,7 @@ def _continue_from(spec: SweepSpec, group: Group, sweep_uri: str, log) -> dict[s
         io.delete(layout.search_tune_dir(sweep_uri, group.name))
         return {}
     # a grid cannot skip the points it enumerated: it runs whole again
-    done = _finished(sweep_uri, group) if spec.search.algorithm != "grid" else {}
+    done = _finished(sweep_uri, group, spec.search.space) if spec.search.algorithm != "grid" else {}
     for name in names:
         if name not in done:
             io.delete(layout.trial_dir(sweep_uri, name))
@@ -146,7 +152,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     uri = layout.search_tune_dir(sweep_uri, group.name)
     fs, path = io.resolve(uri)
-    callbacks = tuners.run_callbacks(spec, sweep_uri)  # trackers; the cleaner drops finished or stopped trials' checkpoints
+    callbacks = tuners.run_callbacks(spec, sweep_uri)  # trackers; the cleaner empties finished or stopped trials' checkpoints
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         problem = _state_problem(uri)
         if problem is None:
@@ -164,7 +170,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
 
         keys = [*search.space, *([CELL_KEY] if len(group.cells) > 1 else [])]
         scored = [(v, _score(sweep_uri, t, search.metric)) for t, v in sorted(done.items())]
-        scored = [({k: v[k] for k in keys}, x) for v, x in scored if x is not None]
+        scored = [({k: v[k] for k in keys}, x) for v, x in scored if x is not None and all(k in v for k in keys)]
         algo = OptunaSearch(seed=search.seed + offset, points_to_evaluate=[p for p, _ in scored] or None,
                             evaluated_rewards=[x for _, x in scored] or None)
     else:  # Tune ignores max_concurrent_trials for this generator: it limits itself
@@ -176,8 +182,10 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
         scheduler = ASHAScheduler(time_attr="step", max_t=max_t, reduction_factor=a.reduction_factor,
                                   grace_period=min(a.grace_period or min(_defaults(spec, "eval_every")), max_t))
 
+    name = group.name  # a str in the pickled closure: Tune saves it with the experiment
+
     def trial_name(trial) -> str:  # the searcher's counter (after a continuation's finished trials): stable across restores
-        return f"{group.name}__t{offset + int(trial.experiment_tag.split('_', 1)[0]):03d}"
+        return f"{name}__t{offset + int(trial.experiment_tag.split('_', 1)[0]):03d}"
 
     tuner = tune.Tuner(
         fn,
@@ -219,11 +227,11 @@ def _record(spec: SweepSpec, group: Group, grid, sweep_uri: str) -> dict:
     rows = []
     for r in grid:
         tid = os.path.basename(r.path.rstrip("/"))
-        values = {k: v for k, v in r.config.items() if "." in k or k == CELL_KEY}
+        values = sampled(r.config)
         rows.append({"trial_id": tid, "values": values, **_outcome(sweep_uri, tid, r.metrics or {})})
     seen = {r["trial_id"] for r in rows}
     rows += [{"trial_id": tid, "values": values, **_outcome(sweep_uri, tid, {})}
-             for tid, values in _finished(sweep_uri, group).items() if tid not in seen]
+             for tid, values in _finished(sweep_uri, group, search.space).items() if tid not in seen]
     rows.sort(key=lambda x: x["trial_id"])
     ranked = rank(rows, search.metric, search.mode)
     for i, row in enumerate(ranked, start=1):
@@ -243,8 +251,9 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
             log(f"[search] {group.name}: finished earlier, kept")
             continue
         tuner, restored = _tuner(spec, group, sweep_uri, log)
-        log(f"[search] {group.name}: {'restored searcher; continuing' if restored else 'starting'} "
-            f"({spec.search.algorithm}, {spec.search.num_samples} samples)")
+        if tuner is not None:
+            log(f"[search] {group.name}: {'restored searcher; continuing' if restored else 'starting'} "
+                f"({spec.search.algorithm}, {spec.search.num_samples} samples in all)")
         grid = fit(tuner) if tuner is not None else []
         tuners.mark_final_errors(grid, sweep_uri)
         record = _record(spec, group, grid, sweep_uri)

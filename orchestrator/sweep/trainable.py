@@ -54,17 +54,16 @@ def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str
     """A search trial: its cell's tree plus the values the searcher sampled (dotted keys)."""
     from ray import tune
 
-    from orchestrator.search import CELL_KEY, with_values
+    from orchestrator.search import CELL_KEY, sampled, with_values
 
     def build() -> TrialConfig:
-        tree = with_values(cells[config[CELL_KEY]], {k: v for k, v in config.items() if "." in k})
+        tree = with_values(cells[config[CELL_KEY]], {k: v for k, v in sampled(config).items() if k != CELL_KEY})
         tree["seed"] = seed
         return TrialConfig.model_validate(tree)
 
     name = tune.get_context().get_trial_name()
     # what was sampled, beside the results: a search continued after a torn save tells its searcher
-    trial_files.write_values(layout.trial_dir(sweep_uri, name),
-                             {k: v for k, v in config.items() if "." in k or k == CELL_KEY})
+    trial_files.write_values(layout.trial_dir(sweep_uri, name), sampled(config))
     _train(name, build, sweep_uri, cpus, search=True)
 
 

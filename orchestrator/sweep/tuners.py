@@ -17,11 +17,15 @@ def remove_checkpoints(trial_tune_dir: str) -> None:
             io.delete(io.join(trial_tune_dir, name))
 
 
-def finished_checkpoints_removed(sweep_uri: str, trials: list[Trial]) -> None:
-    """A trial with a result is never resumed: its Tune checkpoints only cost storage."""
-    for run_id in runs(trials):
-        if trial_files.has_result(layout.trial_dir(sweep_uri, run_id)):
-            remove_checkpoints(layout.tune_trial_dir(sweep_uri, run_id))
+def finished_checkpoints_removed(sweep_uri: str) -> None:
+    """After fit, once Tune's state is final: the checkpoints of trials that never resume again (a
+    trial with a result, any trial of a search that ended) only cost storage. Errored ones stay."""
+    for experiment, search in layout.tune_experiments(sweep_uri).items():
+        ended = search is not None and io.exists(layout.search_file(sweep_uri, search))
+        for name in io.listdir(experiment):
+            trial = layout.trial_dir(sweep_uri, name)  # Tune's own files there have no trial folder
+            if io.exists(trial) and (ended or trial_files.has_result(trial)):
+                remove_checkpoints(io.join(experiment, name))
 
 
 def checkpoint_cleaner():
@@ -29,7 +33,8 @@ def checkpoint_cleaner():
     errored trial is retried from its checkpoint by `resume`), so finished trials hold no model
     copies while a long sweep runs. Emptied, not removed: a driver killed before Tune saved the
     trial as finished resumes it from that checkpoint, and Tune refuses one that is gone; the
-    trainable then reports the trial's result (or restarts a stopped one). The folders go after fit."""
+    trainable then reports the trial's result (or restarts a stopped one). The folders go after
+    fit (`finished_checkpoints_removed`)."""
     from ray import tune
 
     class EmptyFinishedCheckpoints(tune.Callback):
