@@ -43,8 +43,11 @@ def spec_file(sweep_uri: str) -> str:
     return io.join(sweep_uri, "sweep.yaml")
 
 
+TUNE, TUNE_SEARCH, TUNE_SEED = "tune", "tune-search", "tune-seed"  # the sweep's Tune experiment folders
+
+
 def tune_dir(sweep_uri: str) -> str:
-    return io.join(sweep_uri, "tune")
+    return io.join(sweep_uri, TUNE)
 
 
 def driver_file(sweep_uri: str) -> str:
@@ -100,7 +103,7 @@ def figure_file(sweep_uri: str, figure: str) -> str:
 
 
 def search_tune_dir(sweep_uri: str, group: str) -> str:
-    return io.join(sweep_uri, "tune-search", group)
+    return io.join(sweep_uri, TUNE_SEARCH, group)
 
 
 def search_dir(sweep_uri: str) -> str:
@@ -129,8 +132,8 @@ def tune_experiments(sweep_uri: str) -> dict[str, str | None]:
     """Every Tune experiment folder of a sweep -> the search it holds (None: grid or confirm trials):
     tune/, tune-seed<N>/ of sequential seeding, tune-search/<group>/."""
     out: dict[str, str | None] = {io.join(sweep_uri, n): None for n in io.listdir(sweep_uri)
-                                  if n == "tune" or n.startswith("tune-seed")}
-    searches = io.join(sweep_uri, "tune-search")
+                                  if n == TUNE or n.startswith(TUNE_SEED)}
+    searches = io.join(sweep_uri, TUNE_SEARCH)
     out.update({io.join(searches, g): g for g in io.listdir(searches)})
     return out
 
@@ -146,7 +149,7 @@ CHECKPOINT_EMPTIED = "EMPTIED"  # the one file left in a checkpoint folder empti
 
 def seed_tune_dir(sweep_uri: str, seed: int) -> str:
     """confirm.until: the Tune experiment of the round that added `seed`."""
-    return io.join(sweep_uri, f"tune-seed{seed}")
+    return io.join(sweep_uri, f"{TUNE_SEED}{seed}")
 
 
 def lock_file(sweep_uri: str) -> str:
