@@ -8,6 +8,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 CPU_TORCH := torch==2.13.0
+# TORCH=auto: the CPU wheel where no nvidia-smi is found, pip's normal (CUDA) torch elsewhere;
+# TORCH=cuda: pip's normal torch here too (a GPU-less login node preparing a GPU cluster's .venv);
+# TORCH=cpu: the CPU wheel even beside a GPU.
+TORCH  ?= auto
 SWEEP  ?= sweeps/quick.yaml
 
 .PHONY: run test install install-test bench clean clean-results
@@ -25,7 +29,8 @@ $(VENV)/bin/python:
 	@echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); $(NO_VENV); exit 1; }
 
 $(VENV)/.base: pyproject.toml | $(VENV)/bin/python
-	@command -v nvidia-smi >/dev/null 2>&1 || $(PIP) "$(CPU_TORCH)"
+	@if [ "$(TORCH)" = cpu ] || { [ "$(TORCH)" = auto ] && ! command -v nvidia-smi >/dev/null 2>&1; }; then \
+	  $(PIP) "$(CPU_TORCH)"; fi
 	$(PIP) -e .
 	@touch $@
 

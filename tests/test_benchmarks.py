@@ -1,6 +1,7 @@
 """The benchmark suite runs end to end in its --quick form and prints its table (times are not
 asserted: they depend on the machine), and the GPU script runs in its --dry form on CPU."""
 
+import json
 import os
 import subprocess
 import sys
@@ -26,28 +27,45 @@ def test_quick_suite_runs_and_prints_the_table():
 
 
 def test_gpu_script_dry_run_on_cpu(tmp_path):
-    """The GPU check's CPU form: verify, then two variants of Trainer.train_step, each in its own process."""
+    """The GPU check's CPU form: structure (with the host-sync count of an eager step), verify, then
+    two variants of Trainer.train_step, each in its own process, the report rewritten after each."""
     from benchmarks import gpu_check
 
-    res = gpu_check.main(["--dry", "--device", "cpu", "--mode", "verify,trainer", "--variants", "vanilla,bias quintic",
-                          "--out", str(tmp_path)])
+    res = gpu_check.main(["--dry", "--device", "cpu", "--mode", "structure,verify,trainer",
+                          "--variants", "vanilla,bias quintic", "--out", str(tmp_path)])
     assert all(r["ok"] for r in res["verify"])
+    st = res["structure"]
+    assert st["variant"] == "bias quintic" and st["host_syncs"]["count"] == 0
+    assert st["attention_paths"] == ["sdpa-causal", "sdpa-mask"]  # CPU: no FlexAttention
     rows = res["trainer"]
     assert [r["variant"] for r in rows] == ["vanilla", "bias quintic"] and not any("error" in r for r in rows)
     assert all(r["tokens_per_s"] > 0 and r["ratio_vs_vanilla"] > 0 and r["recompiles"] == 0 for r in rows)
     assert not any(r["compiled"] for r in rows) and all(r["mfu"] is None for r in rows)  # auto: eager on CPU
-    assert "| bias quintic |" in (tmp_path / "gpu_check.md").read_text()
-    assert (tmp_path / "gpu_check.json").exists()
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| bias quintic |" in md and "### structure" in md and "### verify" in md
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["trainer"][0]["variant"] == "vanilla"
+    assert "===== bias quintic seq 64 x batch 2 =====" in (tmp_path / "compile.log").read_text()
 
 
 def test_gpu_script_dry_run_compiled():
-    """--compile: the variant's trainer really compiles (inductor on CPU) and never recompiles after warm-up."""
+    """--compile: the structure step really compiles (inductor on CPU): one graph, no graph break after
+    any of the first steps, nothing compiled again, and the row's own timing."""
     from benchmarks import gpu_check
 
-    res = gpu_check.main(["--dry", "--device", "cpu", "--compile", "--mode", "trainer", "--variants", "bias quintic"])
-    (row,) = res["trainer"]
+    res = gpu_check.main(["--dry", "--device", "cpu", "--compile", "--mode", "structure", "--variants", "bias quintic"])
+    row = res["structure"]
     assert "error" not in row, row.get("error")
-    assert row["compiled"] and row["recompiles"] == 0 and row["tokens_per_s"] > 0
+    assert [a["frames"] for a in row["dynamo_after_step"]] == [1, 1, 1]
+    assert [a["graph_breaks"] for a in row["dynamo_after_step"]] == [0, 0, 0]
+    assert row["compiled"] and row["recompiles"] == 0 and row["tokens_per_s"] > 0 and row["compile_s"] > 0
+
+
+def test_gpu_script_skips_what_the_budget_cannot_cover():
+    from benchmarks import gpu_check
+
+    res = gpu_check.main(["--dry", "--device", "cpu", "--mode", "trainer", "--variants", "vanilla,bias quintic",
+                          "--budget", "1"])
+    assert not res.get("trainer") and len(res["skipped"]) == 2 and "s left" in res["skipped"][0]
 
 
 def test_flops_per_token_and_mfu():

@@ -24,7 +24,7 @@ from localist.config_files import build
 from localist.model import attn_dropout
 from localist.speed import dynamo_counts
 from localist.trainer import Trainer
-from tests.host_syncs import HostSyncs
+from benchmarks.host_syncs import HostSyncs
 
 pytestmark = pytest.mark.skipif(not flex.available(), reason="this torch has no FlexAttention")
 

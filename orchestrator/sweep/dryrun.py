@@ -14,6 +14,8 @@ import os
 
 import pandas as pd
 
+from localist.attention import describe_paths, layer_paths
+from localist.compute import flex_decision
 from localist.schedules import layer_lambdas
 from orchestrator.spec import SweepSpec, Trial, runs
 
@@ -82,6 +84,14 @@ def recorded_tokens_per_s(cfg, files=GPU_CHECK_FILES) -> tuple[float, str] | Non
     return None
 
 
+def attention_paths(cfg, lambdas: list[float] | None, device: str) -> str:
+    """The attention path each layer will take in training on this device (localist.compute), counted."""
+    if lambdas is None:
+        return "(from the model)"
+    flex_on, _ = flex_decision(device, cfg.locality.mechanism, cfg.model.attn_dropout)
+    return describe_paths(layer_paths(lambdas, cfg.locality.mechanism, flex_on))
+
+
 def _result_bytes(cfg) -> int:
     """Parquet of one run: summary and attention sample (~40 kB) + step and layer rows."""
     t = cfg.train
@@ -148,15 +158,18 @@ def compute_lines(spec: SweepSpec, unique: dict, tokens_per_s: float | None = No
 
 def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = None, slots: int | None = None) -> str:
     rows = []
+    device = "cuda" if spec.resources.gpu else "cpu"
     for t in trials:
         c = t.config
         loc = c.locality
-        n_layer = c.model.n_layer if c.model.name == "tiny" else None
-        lam = ", ".join(f"{x:.2f}" for x in layer_lambdas(loc, n_layer)) if n_layer else "(from the model)"
+        n_layer = (_shape(c) or (None,))[0]
+        lambdas = layer_lambdas(loc, n_layer) if n_layer else None
         rows.append({"trial_id": t.trial_id, **{a: t.coords.get(a, "") for a in spec.axes},
                      "comparator": t.comparator or "", "seed": t.seed,
                      "runs_as": "(runs)" if t.run_id == t.trial_id else t.run_id,
-                     "mechanism": loc.mechanism, "partition": loc.partition, "lambdas": lam})
+                     "mechanism": loc.mechanism, "partition": loc.partition,
+                     "lambdas": ", ".join(f"{x:.2f}" for x in lambdas) if lambdas else "(from the model)",
+                     f"attention ({device})": attention_paths(c, lambdas, device)})
     df = pd.DataFrame(rows)
     if spec.search:  # the cells a search samples in; seeds and totals come from the search section
         from orchestrator.sweep.search_plan import describe

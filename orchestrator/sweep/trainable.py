@@ -16,7 +16,7 @@ import traceback
 
 import torch
 
-from localist import trial_files
+from localist import compute, trial_files
 from localist.config import TrialConfig
 from localist.trainer import Trainer
 from orchestrator import layout
@@ -91,6 +91,11 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
     trial_files.write_attempt(out, attempt, {
         "attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
         "pid": os.getpid(), "from_checkpoint": checkpoint is not None})
+    try:  # given a GPU, a torch without usable CUDA would otherwise train on the CPU without a word
+        compute.require_cuda(ray.get_gpu_ids())
+    except compute.NoCudaError as e:
+        trial_files.write_error(out, attempt, str(e), traceback.format_exc())
+        raise
     trainer = Trainer(cfg, out, trial_id, extra={"node_id": node_id, "node_ip": ray.util.get_node_ip_address(),
                                                  "attempts": attempt})
     if checkpoint is not None:
