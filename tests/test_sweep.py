@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from localist.data import _kjv
+from localist.trainer import checkpoint_step
 from orchestrator.sweep import status
 from orchestrator.cli import main
 from tests.helpers import CLI, attempts, env, kill_session, tensorboard_scalars, wait_for, write_sweep
@@ -267,6 +268,10 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     finished_before = {p.parent.name for p in (sweep / "trials").glob("*/trial.parquet")}
     assert 1 <= len(finished_before) < 4
     assert not (sweep / "results").exists()
+    # the step of each interrupted trial's newest whole checkpoint on storage (None: none there)
+    saved = {d.name: max((s for c in (sweep / "tune" / d.name).glob("checkpoint_*")
+                          if (s := checkpoint_step(str(c))) is not None), default=None)
+             for d in (sweep / "trials").iterdir() if d.name not in finished_before}
 
     proc = subprocess.run(CLI + ["sweep", "resume", str(sweep)], env=env(), capture_output=True, text=True,
                           timeout=400)
@@ -278,9 +283,11 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     assert all(starts[t] == 1 for t in finished_before)  # finished trials were not run again
     assert sum(starts.values()) <= 4 + (4 - len(finished_before))
     assert len(starts) == 4
-    # Whether an interrupted trial restarts from its checkpoint depends on whether Tune's state
-    # snapshot recorded that checkpoint before the kill (usually, not always); a retry within a
-    # living driver always does (tests/test_reliability.py::test_failing_and_diverging_trials).
+    for run, step in saved.items():  # each continues from its newest checkpoint, whatever Tune's state named
+        resumed = json.loads((sweep / "trials" / run / "attempts" / f"{starts[run]:03d}.json").read_text())
+        assert resumed["from_checkpoint"] == (step is not None), (run, step)
+        if step is not None:
+            assert f"[{run}] resumed from step {step}" in proc.stdout
     steps = pd.read_parquet(sweep / "results" / "steps.parquet")
     assert steps.groupby(["trial_id", "split", "step"]).size().max() == 1  # nothing duplicated
     assert (steps.groupby("trial_id").step.max() == 100).all()
