@@ -120,6 +120,23 @@ def test_a_checkpoint_copied_in_part_is_not_whole(tiny_config, tmp_path):
     assert checkpoint_step(str(d)) is None and checkpoint_step(str(tmp_path / "nothing")) is None
 
 
+def test_wait_fault_holds_a_step_until_its_file_exists(tmp_path, monkeypatch):
+    import threading
+
+    from localist import faults
+
+    go = tmp_path / "go"
+    monkeypatch.setenv("LOCALIST_FAULT", f"wait@3:{go}#t")
+    assert faults.check(3, "other") is None and faults.check(2, "t") is None  # not its step or trial
+    held = threading.Thread(target=faults.check, args=(3, "t"), daemon=True)
+    held.start()
+    held.join(0.3)
+    assert held.is_alive()  # it returns only once the file exists
+    go.touch()
+    held.join(30)
+    assert not held.is_alive()
+
+
 def test_metrics_at_each_log_and_eval_and_partial_files(tiny_config, tmp_path):
     """on_metrics at log/eval steps; a checkpoint step's metrics go with the checkpoint; the last
     step's stay on the trainer; steps/layers.parquet exist mid-run, trial.parquet only at the end."""
