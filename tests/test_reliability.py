@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 
 from localist import io
-from tests.helpers import CLI, attempts, env, kill_session, wait_for, write_sweep
+from tests.helpers import CLI, attempts, env, held, kill_session, progress_step, wait_for, write_sweep
 from tests.test_s3_storage import moto_s3, s3_env  # noqa: F401 - the S3 server fixtures
 
 # What legitimately differs between two runs of the same trial: timing, memory and provenance.
 VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s"}
 STEPS, CKPT = 100, 10
+HELD = "uniform-strict__s1"  # the last of the sweeps' runs to start (two run at once): tests hold it
 
 
 def sweep_file(tmp_path, name, store, **kw):
@@ -61,15 +62,14 @@ def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_
     assert crashed.returncode == -9
     assert (sweep / "sweep.yaml").exists() and not (sweep / "trials").exists()
 
-    # 2. killed with trials running (driver and its local Ray, all at once)
-    proc = subprocess.Popen(CLI + ["sweep", "resume", str(sweep)], env=env(LOCALIST_CACHE=cache),
+    # 2. killed with trials running (driver and its local Ray, all at once); one of them, started
+    # after the first two, is held at step 45 until the kill (so it is killed mid-run, not finished)
+    proc = subprocess.Popen(CLI + ["sweep", "resume", str(sweep)],
+                            env=env(LOCALIST_CACHE=cache, **held(HELD, 46, tmp_path / "never")),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def mid_sweep():
-            progress = [json.loads(p.read_text()) for p in sweep.glob("trials/*/progress.json")
-                        if not (p.parent / "trial.parquet").exists()]
-            done = list(sweep.glob("trials/*/trial.parquet"))
-            return len(done) >= 1 and any(15 <= p["step"] < STEPS - 5 for p in progress)
+            return any(sweep.glob("trials/*/trial.parquet")) and progress_step(sweep, HELD) == 45
         assert wait_for(mid_sweep, 240, proc)
     finally:
         kill_session(proc)
@@ -238,7 +238,8 @@ def test_mended_state_names_the_newest_whole_checkpoint(faulted, tmp_path, where
 def test_storage_vanishing_mid_sweep_keeps_finished_trials(tmp_path):
     store = tmp_path / "store"
     f = write_sweep(tmp_path / "v.yaml", "v", store, steps=100, checkpoint_every=10, log_every=5)
-    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.PIPE,
+    go = tmp_path / "go"  # a trial is held until the storage has gone: the sweep cannot end before
+    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(**held(HELD, 46, go)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert wait_for(lambda: len(list(store.glob("v/trials/*/trial.parquet"))) >= 1, 240, proc)
@@ -251,6 +252,7 @@ def test_storage_vanishing_mid_sweep_keeps_finished_trials(tmp_path):
                 break
             except (IsADirectoryError, OSError):
                 store.rename(tmp_path / f"recreated-{i}")
+        go.touch()
         out, err = proc.communicate(timeout=240)
     finally:
         kill_session(proc)
@@ -304,8 +306,9 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
 
 def test_second_driver_on_the_same_sweep_is_refused(tmp_path):
     f = write_sweep(tmp_path / "c.yaml", "c", tmp_path / "store", steps=100, log_every=5)
-    first = subprocess.Popen(CLI + ["sweep", "run", str(f), "--no-aggregate"], env=env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    go = tmp_path / "go"  # a trial is held until both refusals are seen: the first driver is still running then
+    first = subprocess.Popen(CLI + ["sweep", "run", str(f), "--no-aggregate"], env=env(**held(HELD, 46, go)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert wait_for(lambda: list(tmp_path.glob("store/c/trials/*/progress.json")), 240, first)
         second = run_cli(["sweep", "run", str(f)], timeout=120)
@@ -313,6 +316,7 @@ def test_second_driver_on_the_same_sweep_is_refused(tmp_path):
         assert "already being run by pid" in second.stderr and str(first.pid) in second.stderr
         resumed = run_cli(["sweep", "resume", str(tmp_path / "store" / "c")], timeout=120)
         assert resumed.returncode == 2 and "already being run" in resumed.stderr
+        go.touch()
         _, err = first.communicate(timeout=240)
         assert first.returncode == 0, err[-3000:]
     finally:

@@ -16,7 +16,8 @@ from localist.data import _kjv
 from localist.trainer import checkpoint_step
 from orchestrator.sweep import status
 from orchestrator.cli import main
-from tests.helpers import CLI, attempts, env, kill_session, tensorboard_scalars, wait_for, write_sweep
+from tests.helpers import CLI, attempts, env, held, kill_session, progress_step, tensorboard_scalars, wait_for, \
+    write_sweep
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -233,17 +234,13 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     f = write_sweep(tmp_path / "crash.yaml", "crash", tmp_path / "store", steps=100, checkpoint_every=10,
                     log_every=5, eval_every=20)
     sweep = tmp_path / "store" / "crash"
-    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    held_run = "uniform-strict__s1"  # started after the first two runs, held at step 45 until the kill
+    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(**held(held_run, 46, tmp_path / "never")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def mid_sweep():
-            trials = sweep / "trials"
-            if not trials.exists():
-                return False
-            done = list(trials.glob("*/trial.parquet"))
-            running = [p for p in trials.glob("*/progress.json")
-                       if not (p.parent / "trial.parquet").exists() and 20 <= json.loads(p.read_text())["step"] <= 70]
-            return len(done) >= 1 and len(running) >= 1 and mid_run_eval_in_status()
+            done = list(sweep.glob("trials/*/trial.parquet"))
+            return len(done) >= 1 and progress_step(sweep, held_run) == 45 and mid_run_eval_in_status()
 
         def mid_run_eval_in_status():
             """`sweep status` now shows a running trial's latest eval loss (from its partial steps.parquet)."""
