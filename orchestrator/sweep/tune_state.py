@@ -18,7 +18,6 @@ import json
 import re
 
 from localist import io
-from localist.trainer import checkpoint_step
 from orchestrator import layout
 
 STATE_PREFIX = "experiment_state-"  # Tune restores from the newest (by name) of these
@@ -56,6 +55,8 @@ def _checkpoints(trial_uri: str) -> dict[int, str]:
 
 def _usable(folder_uri: str) -> tuple[bool, int | None]:
     """(can the trainable resume from it, the step it holds when known)."""
+    from localist.trainer import checkpoint_step  # torch and transformers: only when a folder is judged
+
     if io.exists(io.join(folder_uri, layout.CHECKPOINT_EMPTIED)):
         return True, None  # a completed trial's (it reports its result) or a stopped search trial's
     step = checkpoint_step(folder_uri)
