@@ -269,10 +269,14 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------
 
     def save_checkpoint(self, directory: str) -> None:
+        """Accelerate's state, then STATE_FILE: the loop's counters and rows, and the size of every
+        other file (a copy of the folder cut short is told from a whole one: `checkpoint_step`)."""
         self.accel.save_state(directory)
+        files = {os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/"):
+                 os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names}
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
                  "wall": self.wall_before + time.perf_counter() - self._wall0, "loss_window": self.loss_window,
-                 "step_rows": self.step_rows, "layer_rows": self.layer_rows}
+                 "step_rows": self.step_rows, "layer_rows": self.layer_rows, "files": files}
         with open(os.path.join(directory, STATE_FILE), "w") as f:
             json.dump(state, f)
 
@@ -497,6 +501,26 @@ class Trainer:
         self.log(f"[{self.trial_id}] {status}: eval loss {eval_loss:.4f} ppl {summary['eval_ppl']:.2f} "
                  f"in {wall:.1f}s -> {self.out}")
         return TrialResult(status, eval_loss, summary["eval_ppl"])
+
+
+def checkpoint_step(uri: str) -> int | None:
+    """The step a checkpoint folder (on any filesystem) holds, or None unless it is whole: its
+    STATE_FILE readable and every file that lists there at its size (a copy cut short, or a
+    checkpoint written before STATE_FILE listed its files, gives None)."""
+    import pyarrow.fs as pafs
+
+    fs, path = io.resolve(uri)
+    sizes = {os.path.relpath(i.path, path).replace(os.sep, "/"): i.size
+             for i in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+             if i.type == pafs.FileType.File}
+    if STATE_FILE not in sizes:
+        return None
+    try:
+        state = json.loads(io.read_text(io.join(uri, STATE_FILE)))
+        files, step = state["files"], int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):  # half-written, or an older checkpoint's state
+        return None
+    return step if all(sizes.get(name) == size for name, size in files.items()) else None
 
 
 def run_trial(cfg: TrialConfig, out: str, trial_id: str = "trial", log=print) -> TrialResult:

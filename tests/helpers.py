@@ -38,6 +38,18 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.getcwd(), **extra}
 
 
+def held(trial_id: str, step: int, until: Path) -> dict[str, str]:
+    """Environment that holds one trial before `step` until the file `until` exists (the 'wait' of
+    localist.faults): the test decides when that trial may go on instead of racing the sweep."""
+    return {"LOCALIST_FAULT": f"wait@{step}:{until}#{trial_id}"}
+
+
+def progress_step(sweep: Path, run_id: str) -> int:
+    """The step of a trial's latest progress record (-1: none yet)."""
+    f = sweep / "trials" / run_id / "progress.json"
+    return json.loads(f.read_text())["step"] if f.exists() else -1
+
+
 def attempts(sweep: Path) -> dict[str, int]:
     return {d.name: len(list((d / "attempts").glob("*.json"))) for d in (sweep / "trials").iterdir()}
 

@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from localist.data import _kjv
+from localist.trainer import checkpoint_step
 from orchestrator.sweep import status
 from orchestrator.cli import main
-from tests.helpers import CLI, attempts, env, kill_session, tensorboard_scalars, wait_for, write_sweep
+from tests.helpers import CLI, attempts, env, held, kill_session, progress_step, tensorboard_scalars, wait_for, \
+    write_sweep
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -232,17 +234,13 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     f = write_sweep(tmp_path / "crash.yaml", "crash", tmp_path / "store", steps=100, checkpoint_every=10,
                     log_every=5, eval_every=20)
     sweep = tmp_path / "store" / "crash"
-    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    held_run = "uniform-strict__s1"  # started after the first two runs, held at step 45 until the kill
+    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(**held(held_run, 46, tmp_path / "never")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def mid_sweep():
-            trials = sweep / "trials"
-            if not trials.exists():
-                return False
-            done = list(trials.glob("*/trial.parquet"))
-            running = [p for p in trials.glob("*/progress.json")
-                       if not (p.parent / "trial.parquet").exists() and 20 <= json.loads(p.read_text())["step"] <= 70]
-            return len(done) >= 1 and len(running) >= 1 and mid_run_eval_in_status()
+            done = list(sweep.glob("trials/*/trial.parquet"))
+            return len(done) >= 1 and progress_step(sweep, held_run) == 45 and mid_run_eval_in_status()
 
         def mid_run_eval_in_status():
             """`sweep status` now shows a running trial's latest eval loss (from its partial steps.parquet)."""
@@ -267,6 +265,10 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     finished_before = {p.parent.name for p in (sweep / "trials").glob("*/trial.parquet")}
     assert 1 <= len(finished_before) < 4
     assert not (sweep / "results").exists()
+    # the step of each interrupted trial's newest whole checkpoint on storage (None: none there)
+    saved = {d.name: max((s for c in (sweep / "tune" / d.name).glob("checkpoint_*")
+                          if (s := checkpoint_step(str(c))) is not None), default=None)
+             for d in (sweep / "trials").iterdir() if d.name not in finished_before}
 
     proc = subprocess.run(CLI + ["sweep", "resume", str(sweep)], env=env(), capture_output=True, text=True,
                           timeout=400)
@@ -278,9 +280,11 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     assert all(starts[t] == 1 for t in finished_before)  # finished trials were not run again
     assert sum(starts.values()) <= 4 + (4 - len(finished_before))
     assert len(starts) == 4
-    # Whether an interrupted trial restarts from its checkpoint depends on whether Tune's state
-    # snapshot recorded that checkpoint before the kill (usually, not always); a retry within a
-    # living driver always does (tests/test_reliability.py::test_failing_and_diverging_trials).
+    for run, step in saved.items():  # each continues from its newest checkpoint, whatever Tune's state named
+        resumed = json.loads((sweep / "trials" / run / "attempts" / f"{starts[run]:03d}.json").read_text())
+        assert resumed["from_checkpoint"] == (step is not None), (run, step)
+        if step is not None:
+            assert f"[{run}] resumed from step {step}" in proc.stdout
     steps = pd.read_parquet(sweep / "results" / "steps.parquet")
     assert steps.groupby(["trial_id", "split", "step"]).size().max() == 1  # nothing duplicated
     assert (steps.groupby("trial_id").step.max() == 100).all()

@@ -177,7 +177,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
 
                 trials = search_run.run(spec, source, sweep_uri, log, fit)
             else:
-                tuner, restored = tuners.grid_tuner(spec, trials, sweep_uri)
+                tuner, restored = tuners.grid_tuner(spec, trials, sweep_uri, log)
                 if restored:
                     log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
                 tuners.mark_final_errors(fit(tuner, trials), sweep_uri)
