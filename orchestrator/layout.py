@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import time
 
 import yaml
@@ -31,6 +32,11 @@ import yaml
 from localist import io, trial_files
 from localist.config import ConfigError
 from orchestrator.spec import SweepSpec, validate
+
+
+def sweep_name(sweep_uri: str) -> str:
+    """The name of a sweep's folder, <storage>/<name> (a URI's query left out)."""
+    return posixpath.basename(sweep_uri.partition("?")[0].rstrip("/"))
 
 
 def trials_dir(sweep_uri: str) -> str:

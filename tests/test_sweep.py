@@ -36,6 +36,8 @@ def finished(tmp_path_factory):
 
 
 def test_completed_runs_keep_no_checkpoints_and_saved_models_reproduce_eval_loss(finished, monkeypatch):
+    from huggingface_hub import ModelCard
+
     from localist.config import TrialConfig
     from localist.model import load_localist
     from localist.trainer import Trainer
@@ -61,6 +63,9 @@ def test_completed_runs_keep_no_checkpoints_and_saved_models_reproduce_eval_loss
         assert trainer.evaluate() == pytest.approx(want, abs=1e-5)
         text = "In the beginning God created the heaven and the earth."
         assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == trainer.data.tokenizer.encode(text).ids
+        card = ModelCard.load(folder / "README.md")  # the model card names the sweep and run it came from
+        assert f"sweep `tiny`, run `{run}` (folder `{sweep}`)" in card.text
+        assert {r.metric_type: r.metric_value for r in card.data.eval_results}["loss"] == pytest.approx(want, abs=1e-6)
 
 
 def test_consolidated_results_row_by_row(finished):
