@@ -93,9 +93,18 @@ def callbacks(tracking: Tracking, sweep_uri: str, sweep_name: str) -> list:
         out.append(MLflowCallback(tracking_uri=uri, experiment_name=tracking.mlflow.experiment or sweep_name,
                                   tags=dict(tracking.mlflow.tags) or None))
     if tracking.wandb:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+        class WandbLogger(_WandbLoggingActor):
+            def run(self):
+                super().run()
+                # W&B's service shut down now, not by W&B's atexit hook while Ray ends the actor's process
+                # (that race printed a ConnectionResetError traceback on the sweep's console)
+                self._wandb.teardown()
 
         class WandbCallback(WandbLoggerCallback):
+            _logger_actor_cls = WandbLogger  # the class Ray starts one logging actor of per trial
+
             def log_trial_result(self, iteration, trial, result):
                 # Ray copies each result's trial_id (Tune's own id) into the run's config: keep it the run
                 # id, as in the run's name and MLflow's params
