@@ -57,6 +57,21 @@ class Row:
         return f"{self.value:,.0f} {self.unit}"
 
 
+def synthetic_data(shape: dict, seq: int, n: int, seed: int = 0):
+    """A ``localist.data.Dataset`` of random tokens of ``shape["vocab"]`` and random sentence starts
+    (one every ~20 tokens): no corpus, no tokenizer; its first two sequences are the held-out ones."""
+    import numpy as np
+
+    from localist.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, shape["vocab"], (n, seq + 1), dtype=np.int32)
+    starts = rng.random((n, seq)) < 1 / 20
+    starts[:, 0] = True
+    return Dataset(train=tokens, eval=tokens[:2], train_starts=starts, eval_starts=starts[:2],
+                   vocab_size=shape["vocab"], tokenizer_path="", cached=True)
+
+
 def trial_config(quick: bool, *sections: dict):
     """A validated TrialConfig: the tiny (or quick) base with the given partial trees merged in."""
     from localist.config_files import build, deep_merge

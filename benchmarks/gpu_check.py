@@ -43,7 +43,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import ROOT, child_env, silent  # noqa: E402
+from benchmarks.common import ROOT, child_env, silent, synthetic_data  # noqa: E402
 from localist import flex, speed  # noqa: E402
 
 GPT2_SMALL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab": 50257}
@@ -59,18 +59,6 @@ RESULT = "GPU-CHECK-RESULT "
 
 
 # -- one variant, in its own process -------------------------------------------------------------
-
-
-def synthetic_data(shape: dict, seq: int, n: int, seed: int = 0):
-    """A ``localist.data.Dataset`` of random tokens and random sentence starts (no corpus, no tokenizer)."""
-    from localist.data import Dataset
-
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, shape["vocab"], (n, seq + 1), dtype=np.int32)
-    starts = rng.random((n, seq)) < 1 / 20
-    starts[:, 0] = True
-    return Dataset(train=tokens, eval=tokens[:2], train_starts=starts, eval_starts=starts[:2],
-                   vocab_size=shape["vocab"], tokenizer_path="", cached=True)
 
 
 def make_trainer(variant: str, shape: dict, seq: int, batch: int, steps: int, compile_: str, out: str):

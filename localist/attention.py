@@ -5,18 +5,20 @@ keyword down to every attention layer, which looks up its own lambda by ``module
 Without a context the function is plain causal SDPA, so a localist model is still a normal
 GPT-2 for generation or any other use.
 
-Fast path (training, bias mechanism): one SDPA call per layer with a mask built once per batch
-for each distinct lambda - lambda 0 uses SDPA's own causal kernel, lambda 1 a boolean
-block-causal mask, anything in between an additive log(1 - lambda) bias on cross-block pairs.
-Attention probabilities are materialised only when statistics are collected (evaluation) or
-the penalty mechanism needs the out-of-block mass. On CUDA, layers with 0 < lambda <= 1 use
-FlexAttention instead of the SDPA masks (``localist.flex``: a block-sparse mask for hard layers,
-a score modification for soft ones; ``LOCALIST_FLEX=0`` turns it off).
+Each layer takes one of five paths (``PATHS``; a trainer decides them once per trial in
+``localist.compute`` and passes them in the context, so nothing is decided inside a compiled
+step): lambda 0 uses SDPA's own causal kernel (``sdpa-causal``); the bias mechanism uses
+FlexAttention on CUDA (``flex-hard`` for lambda 1: a block-sparse mask; ``flex-soft``: a score
+modification; ``localist.flex``) or else one SDPA call with a mask built once per batch for each
+distinct lambda (``sdpa-mask``: boolean block-causal for lambda 1, an additive log(1 - lambda)
+bias on cross-block pairs in between). Probabilities are materialised (``explicit``) only when
+statistics are collected (evaluation) or the penalty mechanism needs the out-of-block mass.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,6 +32,27 @@ from localist.blocks import in_block
 from localist import flex
 
 NAME = "localist"
+
+SDPA_CAUSAL, SDPA_MASK, FLEX_HARD, FLEX_SOFT, EXPLICIT = "sdpa-causal", "sdpa-mask", "flex-hard", "flex-soft", "explicit"
+PATHS = (SDPA_CAUSAL, FLEX_SOFT, FLEX_HARD, SDPA_MASK, EXPLICIT)  # the order descriptions list them
+FLEX_PATHS = (FLEX_HARD, FLEX_SOFT)
+
+
+def layer_paths(lambdas: list[float], mechanism: str, flex_on: bool) -> tuple[str, ...]:
+    """The training-step attention path of each layer (evaluation with statistics: ``explicit``)."""
+    def one(lam: float) -> str:
+        if lam == 0.0:
+            return SDPA_CAUSAL
+        if mechanism == "penalty":
+            return EXPLICIT
+        return (FLEX_HARD if lam >= 1.0 else FLEX_SOFT) if flex_on else SDPA_MASK
+    return tuple(one(lam) for lam in lambdas)
+
+
+def describe_paths(paths) -> str:
+    """('sdpa-causal', 'flex-soft', 'flex-soft', 'flex-hard') -> 'sdpa-causal x1, flex-soft x2, flex-hard x1'."""
+    counts = Counter(paths)
+    return ", ".join(f"{p} x{counts[p]}" for p in PATHS if counts[p])
 
 
 @dataclass
@@ -62,10 +85,20 @@ class LocalityContext:
     stats: dict[int, LayerStats] = field(default_factory=dict)
     samples: dict[int, torch.Tensor] = field(default_factory=dict)
     penalty_terms: list[torch.Tensor] = field(default_factory=list)
+    paths: tuple[str, ...] | None = None  # each layer's training path (localist.compute.Plan); None: decided per call
+    flex_backend: str | None = "inductor"  # how FlexAttention kernels compile when called outside a compiled step
     _masks: dict = field(default_factory=dict, repr=False)
 
     def lam(self, layer: int) -> float:
         return self.lambdas[layer]
+
+    def path(self, layer: int, query: torch.Tensor, dropout: float, training: bool) -> str:
+        lam = self.lambdas[layer]
+        if self.collect_stats or (self.mechanism == "penalty" and lam > 0 and training):
+            return EXPLICIT
+        if self.paths is not None:
+            return SDPA_CAUSAL if self.paths[layer] == EXPLICIT else self.paths[layer]
+        return layer_paths([lam], self.mechanism, flex.usable(query, dropout))[0]
 
     def cached(self, key: tuple, build: Callable[[], Any]) -> Any:
         """``build()`` once per batch under ``key``: masks shared by every layer that needs them."""
@@ -151,13 +184,15 @@ def localist_attention(module, query, key, value, attention_mask, dropout: float
         causal = attention_mask is None and q_len > 1
         return _sdpa(query, key, value, attention_mask, dropout, scaling, causal), None
     lam = ctx.lam(module.layer_idx)
-    needs_probs = ctx.collect_stats or (ctx.mechanism == "penalty" and lam > 0 and module.training)
-    if needs_probs:
+    path = ctx.path(module.layer_idx, query, dropout, module.training)
+    if path == EXPLICIT:
         return _explicit(module, ctx, lam, query, key, value, dropout, scaling), None
-    if lam == 0.0 or ctx.mechanism == "penalty":
+    if path == SDPA_CAUSAL:
         return _sdpa(query, key, value, None, dropout, scaling, True), None
-    if flex.usable(query, dropout):  # CUDA only: FlexAttention (localist/flex.py); CPU never enters
-        out = flex.try_attention(ctx, lam, query, key, value, scaling)
+    if path in FLEX_PATHS:
+        if ctx.paths is not None:  # planned: a failure is the trainer's to handle, outside the step
+            return flex.attention(ctx, lam, query, key, value, scaling, ctx.flex_backend), None
+        out = flex.try_attention(ctx, lam, query, key, value, scaling)  # unplanned eager use: SDPA if it fails
         if out is not None:
             return out, None
     mask = ctx.mask(lam, q_len, query.device, query.dtype)

@@ -40,7 +40,10 @@ class ModelConfig(_Section):
     n_layer: int = Field(4, ge=1, description="tiny only: transformer blocks")
     n_embd: int = Field(128, ge=8, description="tiny only: hidden size")
     n_head: int = Field(4, ge=1, description="tiny only: attention heads")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="tiny only: residual/embedding/attention dropout")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="tiny only: residual and embedding dropout")
+    attn_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "attention-probability dropout, every model (a hub model's own, GPT-2's 0.1, is replaced); "
+        "above 0 the bias layers leave FlexAttention for SDPA masks on GPUs"))
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":

@@ -167,7 +167,10 @@ class Dataset:
         return Tokenizer.from_file(self.tokenizer_path)
 
     def decode(self, ids) -> list[str]:
-        """Each token's text (the trainer labels its attention sample at every evaluation)."""
+        """Each token's text (the trainer labels its attention sample at every evaluation); token ids
+        for synthetic data, which has no tokenizer."""
+        if not self.tokenizer_path:
+            return [f"<{int(i)}>" for i in ids]
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
 

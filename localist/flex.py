@@ -8,26 +8,30 @@ skips every tile its ``BlockMask`` rules out:
 - a soft layer (0 < lambda < 1) gets the causal mask, and the ``score_mod`` adds log(1 - lambda)
   to out-of-block logits.
 
-Compiled once per trial. Dynamo guards a function by its code object and the tensors in its
-closure by dtype, device and shape only, so:
+Compiled once per trial, with no decision, compile call or host sync inside the step:
 
+- inside a compiled training step (``torch.compiler.is_compiling()``) the plain
+  ``flex_attention`` and ``create_block_mask`` are traced into the step's one graph and compiled
+  with it; outside one (an eager step on CUDA), kernels compiled once per process and backend
+  are used, built here, never while dynamo traces (a ``torch.compile`` call inside a trace is a
+  no-op, and a cache lookup there is a guard);
 - the mask and score functions are made by the module-level factories below (fixed code
-  objects); block ids, the window width, the bias and the hard/soft switch reach them only as
-  tensors in their closures, never as Python numbers or new code;
+  objects: dynamo guards a function by its code and the tensors in its closure by dtype, device
+  and shape); block ids, the window width, the bias and the hard/soft switch reach them only as
+  tensors made on the device by ``torch.full`` (no host-to-device copy, no sync);
 - hard and soft layers call the kernel the same way: one mask function (``open_`` = True in soft
   layers lets every causal key through) and always a score function (bias -inf in hard layers,
   where the mask has removed those keys anyway), so they share one compiled kernel;
-- the block masks are built once per batch (``prepare``, with a compiled ``create_block_mask`` on
-  CUDA) and kept in the batch's ``LocalityContext``, shared by every layer;
+- the block masks are built once per batch and kept in the batch's ``LocalityContext``, shared by
+  every layer (in an eager step ``prepare`` builds them before the model runs);
 - a trial's training batches all have one shape (``Trainer`` draws exactly ``batch_size``
   sequences per micro-batch), so the shape guards hold too.
 
 Lambda 0 and the penalty mechanism stay on SDPA's causal (flash) kernel, and statistics or
-penalty terms need explicit probabilities, so this path is only the bias fast path. It is taken
-when the query is on CUDA, FlexAttention imports, attention dropout is off and ``LOCALIST_FLEX``
-is not ``0``. If a call fails, the process warns once and goes back to the SDPA masks.
-CPU training never comes here (FlexAttention has no CPU backward); the CPU tests call
-:func:`attention` directly, eager or compiled, in inference.
+penalty terms need explicit probabilities, so this path is only the bias fast path
+(``localist.compute`` plans it per layer: CUDA, FlexAttention importable, no attention dropout,
+``LOCALIST_FLEX`` not ``0``). FlexAttention has no CPU backward; the CPU tests lift that check
+to run the real compiled step through its dense reference (tests/test_compiled_step.py).
 """
 
 from __future__ import annotations
@@ -74,9 +78,9 @@ def usable(query: torch.Tensor, dropout: float) -> bool:
 
 
 def _compiled(fn, backend: str | None):
-    """``fn`` compiled once per process and backend (None: eager). Eager FlexAttention
-    materialises the scores, so CUDA always compiles; the CPU tests use a quick backend."""
-    if backend is None:
+    """``fn`` compiled once per process and backend; ``fn`` itself inside a compiled step (traced
+    into its graph) or with backend None (eager: FlexAttention then materialises the scores)."""
+    if backend is None or torch.compiler.is_compiling():
         return fn
     cache = _state["kernel" if fn is _flex_attention else "mask_builder"]
     if backend not in cache:
@@ -121,7 +125,7 @@ def _data(ctx, device):
     """The batch's block ids (semantic/sentence) or window width, as a tensor on `device`."""
     def build():
         if ctx.window is not None:
-            return torch.tensor(ctx.window, dtype=torch.int64, device=device)
+            return torch.full((), ctx.window, dtype=torch.int64, device=device)
         return ctx.block.to(device)
     return ctx.cached(("flex-data", str(device)), build)
 
@@ -133,7 +137,7 @@ def block_mask(ctx, T: int, device, hard: bool, backend: str | None = "auto"):
     a torch.compile backend name, or None (eager)."""
     def build():
         data = _data(ctx, device)
-        open_ = torch.tensor(not hard, device=device)
+        open_ = torch.full((), not hard, dtype=torch.bool, device=device)
         if ctx.window is not None:
             mod, batch = _window_mask(data, open_), None
         else:
@@ -146,15 +150,14 @@ def score_mod(ctx, lam: float, device):
     """Adds log(1 - lambda) to out-of-block logits (-inf for lambda 1); one per lambda and batch."""
     def build():
         data = _data(ctx, device)
-        bias = torch.tensor(math.log1p(-lam) if lam < 1.0 else -math.inf, dtype=torch.float32, device=device)
+        bias = torch.full((), math.log1p(-lam) if lam < 1.0 else -math.inf, dtype=torch.float32, device=device)
         return (_window_score if ctx.window is not None else _semantic_score)(data, bias)
     return ctx.cached(("flex-score", lam, str(device)), build)
 
 
 def prepare(ctx, T: int, device, backend: str | None = "auto") -> None:
-    """Build every mask and score function this batch will use, before the model runs.
-
-    A compiled model then only looks them up (no mask construction inside its graph)."""
+    """Build every mask and score function this batch will use, before an eager model runs
+    (a compiled step builds them inside its graph instead)."""
     for lam in sorted(set(ctx.lambdas)):
         if lam > 0.0 and ctx.mechanism == "bias":
             block_mask(ctx, T, device, lam >= 1.0, backend)
@@ -174,7 +177,8 @@ def attention(ctx, lam: float, query, key, value, scaling: float | None,
 
 
 def try_attention(ctx, lam: float, query, key, value, scaling: float | None) -> torch.Tensor | None:
-    """:func:`attention`, or None (after one warning, for the rest of the process) if it fails."""
+    """:func:`attention`, or None (after one warning, for the rest of the process) if it fails.
+    For unplanned eager use only: a trainer's compiled step handles failures outside the step."""
     try:
         return attention(ctx, lam, query, key, value, scaling)
     except Exception as e:  # a compiler or kernel problem must not kill a trial: SDPA still works

@@ -34,6 +34,17 @@ def mfu(flops_token: float, tokens_per_s: float, peak: float | None) -> float | 
     return flops_token * tokens_per_s / peak if peak and tokens_per_s > 0 else None
 
 
+def dynamo_counts(since: dict | None = None) -> dict[str, int]:
+    """Dynamo's frames compiled and graph breaks in this process (minus ``since``, an earlier
+    reading): with no graph break, each compiled frame is one graph."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover
+        return {"frames": 0, "graph_breaks": 0}
+    now = {"frames": int(counters["frames"]["ok"]), "graph_breaks": int(sum(counters["graph_break"].values()))}
+    return {k: v - (since or {}).get(k, 0) for k, v in now.items()}
+
+
 def dynamo_frames() -> int:
     """Frames dynamo has compiled in this process so far (first compiles and recompiles alike);
     the difference across a warm stretch of training is its recompile count."""

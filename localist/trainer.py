@@ -25,12 +25,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from localist import faults, flex, io, model_card, outputs, speed, trial_files
+from localist import compute, faults, flex, io, model_card, outputs, speed, trial_files
 from localist.attention import LocalityContext
 from localist.config import TrialConfig
 from localist.data import Dataset, prepare
 from localist.loss import linear_cross_entropy
-from localist.model import MODEL_DIR, TRIAL_FILE, build_model, n_layers
+from localist.model import MODEL_DIR, TRIAL_FILE, attn_dropout, build_model, n_layers
 from localist.schedules import layer_lambdas
 
 STATE_FILE = "trainer_state.json"
@@ -56,33 +56,30 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
 def _optimizer(model, cfg: TrialConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not biases, norms or embeddings' bias terms)."""
+    """AdamW with weight decay on matrices only (not biases, norms or embeddings' bias terms).
+    Fused (CUDA and CPU): one kernel, and its step counts stay on the device, where the foreach
+    version reads each one back to the host (a sync per step)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    fused = torch.cuda.is_available()
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), fused=True)
 
 
 class Trainer:
     def __init__(self, cfg: TrialConfig, out: str, trial_id: str = "trial", log: Callable[[str], None] = print,
-                 extra: dict | None = None, data: Dataset | None = None):
-        """``data`` replaces the corpus named by the config (benchmarks pass synthetic tokens)."""
+                 extra: dict | None = None, data: Dataset | None = None, backend: str | None = None,
+                 force_flex: bool | None = None):
+        """``data`` replaces the corpus named by the config (benchmarks pass synthetic tokens);
+        ``backend`` and ``force_flex`` override the compute plan's (``localist.compute.plan``)."""
         self.cfg, self.out, self.trial_id, self.log = cfg, out, trial_id, log
         self.extra = extra or {}
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.accel = Accelerator(mixed_precision=_precision(t.precision), gradient_accumulation_steps=t.grad_accum)
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Accelerate will put the model
+        self.accel = Accelerator(mixed_precision=compute.precision(t.precision, device_type),
+                                 gradient_accumulation_steps=t.grad_accum)
         self.device = self.accel.device
         set_seed(cfg.seed)
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
@@ -97,6 +94,8 @@ class Trainer:
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
         self.model, self.optimizer, self.scheduler = self.accel.prepare(model, optimizer, scheduler)
+        self.plan = compute.plan(cfg, self.device.type, self.lambdas, attn_dropout(model),
+                                 backend=backend, force_flex=force_flex)
         self._setup_forward(model)
         self.step = 0
         self.tokens_seen = 0
@@ -115,30 +114,36 @@ class Trainer:
         self.origin: dict = {}  # where the trial runs, for the model card: a sweep sets sweep and sweep_uri
 
     def _setup_forward(self, model) -> None:
-        """The training forward + loss, compiled when ``train.compile`` says so for this device.
+        """The training forward + loss, compiled as the plan says (``localist.compute``).
 
         ``self.model`` stays the uncompiled module (evaluation with statistics runs eagerly; the
         parameters are shared). For GPT-2 in one process the loss comes from the hidden states
         through the tied head chunk by chunk (``localist.loss``); other models use their logits.
         """
-        self.compiled = self.cfg.train.compiled_on(self.device.type)
+        self.compiled = self.plan.compiled
         head = model.get_output_embeddings()
         simple = (getattr(model.config, "model_type", "") == "gpt2" and isinstance(head, torch.nn.Linear)
                   and head.bias is None and self.accel.distributed_type == DistributedType.NO)
         self._base, self._head = (model.base_model, head) if simple else (None, None)
-        dropout = getattr(model.config, "attn_pdrop", getattr(model.config, "attention_dropout", 0.0)) or 0.0
-        loc = self.cfg.locality
-        self._flex = (self.device.type == "cuda" and loc.mechanism == "bias" and dropout == 0.0
-                      and any(x > 0 for x in self.lambdas))
-        self._forward = torch.compile(self._forward_loss) if self.compiled else self._forward_loss
-        self._penalty_weight = float(loc.penalty_weight)  # a plain float: the compiled loss reads it
+        self._forward = compute.compile_step(self._forward_loss, self.plan)
+        self._penalty_weight = float(self.cfg.locality.penalty_weight)  # a plain float: the compiled loss reads it
         self.flops_per_token = speed.flops_per_token(model, self.cfg.data.seq_len)
+        T = self.cfg.data.seq_len
+        self._causal = torch.ones(1, 1, T, T, dtype=torch.bool, device=self.device).tril()
+        self.compile_s: float | None = None  # the first forward + backward, when compiled or on FlexAttention
+        self._ready = False  # the first pass has run (or was not needed)
+        self._dynamo0 = speed.dynamo_counts()  # this trial's graphs, breaks and frames start here
 
     # -- data ---------------------------------------------------------------------------------
 
     def _context(self, blocks: torch.Tensor | None, **kw) -> LocalityContext:
         return LocalityContext(lambdas=self.lambdas, block=None if self.window else blocks.to(self.device),
                                window=self.window, mechanism=self.cfg.locality.mechanism, **kw)
+
+    def _train_context(self, blocks: torch.Tensor) -> LocalityContext:
+        """A training batch's context: every layer's path as planned (nothing decided in the step)."""
+        return self._context(blocks, paths=self.plan.paths,
+                             flex_backend=self.plan.backend if self.plan.device_type == "cuda" else None)
 
     def _load(self, step: int, micro: int):
         """The batch of a given step, the same on every run and after every resume: always exactly
@@ -166,18 +171,22 @@ class Trainer:
 
     def _loss(self, x, y, ctx: LocalityContext) -> torch.Tensor:
         """The training loss of one micro-batch (compiled when the trial compiles)."""
-        if self._flex and flex.enabled():
-            flex.prepare(ctx, x.shape[1], x.device)  # block masks built once, outside the graph (x.device:
-            # 'cuda:0', the key the attention layers look them up by, where self.device may say 'cuda')
+        if self.plan.uses_flex and not self.compiled:  # an eager step: block masks built before the model
+            # runs (x.device: 'cuda:0', the key the layers look them up by, where self.device may say 'cuda')
+            flex.prepare(ctx, x.shape[1], x.device, backend="auto" if self.plan.device_type == "cuda" else None)
         with self.accel.autocast():
             return self._forward(x, y, ctx)
 
     def _forward_loss(self, x, y, ctx: LocalityContext) -> torch.Tensor:
+        # use_cache=False: training needs no KV cache, and building one every step breaks the graph.
+        # The prepared causal mask spares transformers its packed-sequence check (a host sync per
+        # forward when eager); the localist layers use their context, not this mask.
+        kw = {"locality": ctx, "use_cache": False, "attention_mask": self._causal}
         if self._base is not None:
-            hidden = self._base(input_ids=x, locality=ctx).last_hidden_state
+            hidden = self._base(input_ids=x, **kw).last_hidden_state
             loss = linear_cross_entropy(hidden.flatten(0, 1), self._head.weight, y.reshape(-1))
         else:
-            logits = self.model(input_ids=x, locality=ctx).logits
+            logits = self.model(input_ids=x, **kw).logits
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         if ctx.penalty_terms:
             loss = loss + self._penalty_weight * torch.stack(ctx.penalty_terms).sum()
@@ -221,7 +230,7 @@ class Trainer:
             if stats_ctx is not None:
                 ctx.stats = stats_ctx.stats
             with self.accel.autocast():
-                logits = self.model(input_ids=x, locality=ctx).logits
+                logits = self.model(input_ids=x, locality=ctx, use_cache=False).logits
             token_nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                         reduction="none").double().cpu()
             nll += float(token_nll.sum())
@@ -297,16 +306,45 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
 
+    def _first_pass(self) -> None:
+        """One forward + backward of the first batch before the first step, gradients discarded and
+        random state restored: it compiles the step (timed as compile_s), and if FlexAttention fails to
+        compile or run here the trial goes on with SDPA masks (the plan and trial.parquet say so), a
+        decision no compiled code can take from inside its own trace."""
+        x, y, blocks = self._load(self.step, 0)
+        t0 = time.perf_counter()
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        for attempt in (1, 2):
+            try:
+                with torch.random.fork_rng(devices=cuda):
+                    self._loss(x, y, self._train_context(blocks)).backward()
+                break
+            except Exception as e:  # noqa: BLE001 - a compiler or kernel failure, reported and survived
+                self.optimizer.zero_grad(set_to_none=True)
+                if attempt == 2 or not self.plan.uses_flex:
+                    raise
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+                self.log(f"[{self.trial_id}] FlexAttention failed ({reason}); this trial uses SDPA masks")
+                self.plan = self.plan.without_flex(f"failed: {reason}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_s = time.perf_counter() - t0
+
     def train_step(self) -> torch.Tensor:
         """One optimizer step (all its micro-batches) at self.step; returns its mean loss as a 0-d
         tensor on the device, unread: reading it every step would make the host wait for the GPU."""
         t = self.cfg.train
+        if not self._ready:
+            self._ready = True
+            if self.compiled or self.plan.uses_flex:
+                self._first_pass()
         fault = faults.check(self.step + 1, self.trial_id)
         step_loss = None
         for micro in range(t.grad_accum):
             x, y, blocks = self._batch(self.step, micro)
             with self.accel.accumulate(self.model):
-                loss = self._loss(x, y, self._context(blocks))
+                loss = self._loss(x, y, self._train_context(blocks))
                 if fault == "nan":
                     loss = loss * float("nan")
                 self.accel.backward(loss)
@@ -419,16 +457,21 @@ class Trainer:
                 "tokens_seen": self.tokens_seen}
 
     def speed_figures(self) -> dict:
-        """compiled; recompiles (dynamo compiles after the first step of this run); mfu (model
-        FLOPs utilisation after the first step, on a GPU of the peak table with bf16/fp16, else None)."""
+        """How the step ran: compiled, compile_s (the first forward + backward), compiled_frames and
+        graph_breaks (dynamo's, this trial: one frame and no break is one graph), recompiles (frames compiled after the first step of this run), mfu (model
+        FLOPs utilisation after the first step, on a GPU of the peak table with bf16/fp16, else None),
+        and each layer's attention path (``localist.attention.PATHS``) with why FlexAttention is on or off."""
         frames, rate = 0, 0.0
         if self._warm is not None:
             tokens, seconds, frames0 = self._warm
             frames = speed.dynamo_frames() - frames0
             rate = (self.tokens_seen - tokens) / (self.train_time - seconds) if self.train_time > seconds else 0.0
         peak = speed.peak_flops(self.device) if self.accel.mixed_precision in ("bf16", "fp16") else None
-        return {"compiled": self.compiled, "recompiles": frames,
-                "mfu": speed.mfu(self.flops_per_token, rate, peak)}
+        counts = speed.dynamo_counts(since=self._dynamo0)
+        return {"compiled": self.compiled, "compile_s": self.compile_s, "compiled_frames": counts["frames"],
+                "graph_breaks": counts["graph_breaks"], "recompiles": frames,
+                "mfu": speed.mfu(self.flops_per_token, rate, peak),
+                "attention_paths": json.dumps(list(self.plan.paths)), "flex_note": self.plan.flex_note}
 
     def _device_name(self) -> str:
         """The device and, on a GPU, its model name (what the report's provenance shows)."""
