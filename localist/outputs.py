@@ -12,6 +12,8 @@ from localist.config import TrialConfig
 # Held-out loss by the query token's 0-based position in its block: name -> [low, high) positions.
 # trial.parquet gets one token-weighted mean NLL (nats) per group; see Trainer.block_positions.
 POSITION_GROUPS = {"eval_loss_pos1": (0, 1), "eval_loss_pos2_4": (1, 4), "eval_loss_pos5p": (4, None)}
+POSITION_LABELS = {"eval_loss_pos1": "first token of its block", "eval_loss_pos2_4": "positions 2-4",
+                   "eval_loss_pos5p": "positions 5+"}  # how the report and model cards name the groups
 
 # The long-format files beside trial.parquet: kind -> schema (the one declaration of their columns).
 SCHEMAS = {

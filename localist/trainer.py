@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from localist import compute, faults, flex, io, outputs, speed, trial_files
+from localist import compute, faults, flex, io, model_card, outputs, speed, trial_files
 from localist.attention import LocalityContext
 from localist.config import TrialConfig
 from localist.data import Dataset, prepare
@@ -111,6 +111,7 @@ class Trainer:
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read
         self._ahead = None  # the next micro-batch, already on its way to the device
         self._warm: tuple[int, float, int] | None = None  # tokens, train time, dynamo frames after step 1
+        self.origin: dict = {}  # where the trial runs, for the model card: a sweep sets sweep and sweep_uri
 
     def _setup_forward(self, model) -> None:
         """The training forward + loss, compiled as the plan says (``localist.compute``).
@@ -289,9 +290,10 @@ class Trainer:
         self.step_rows, self.layer_rows = state["step_rows"], state["layer_rows"]
         self.log(f"[{self.trial_id}] resumed from step {self.step}")
 
-    def save_model(self, uri: str) -> None:
+    def save_model(self, uri: str, summary: dict | None = None) -> None:
         """The trained model and its tokenizer as a Hugging Face folder (``localist.model.load_localist``),
-        with the trial config and lambdas in localist_trial.json; written locally, then copied to uri."""
+        with the trial config and lambdas in localist_trial.json and a model card (README.md, with the
+        ``summary`` numbers); written locally, then copied to uri."""
         from transformers import PreTrainedTokenizerFast
 
         model = self.accel.unwrap_model(self.model)
@@ -299,9 +301,11 @@ class Trainer:
             model.save_pretrained(d, safe_serialization=True)
             tok = PreTrainedTokenizerFast(tokenizer_file=self.data.tokenizer_path)
             tok.save_pretrained(d)
+            record = {"trial_id": self.trial_id, "step": self.step, "lambdas": self.lambdas,
+                      "config": self.cfg.model_dump(mode="json")}
             with open(os.path.join(d, TRIAL_FILE), "w") as f:
-                json.dump({"trial_id": self.trial_id, "step": self.step, "lambdas": self.lambdas,
-                           "config": self.cfg.model_dump(mode="json")}, f, indent=1)
+                json.dump(record, f, indent=1)
+            model_card.write(d, record, summary or {}, self.layer_rows[-self.n_layer:], self.origin)
             io.upload_dir(d, uri)
 
     # -- the loop -------------------------------------------------------------------------------------
@@ -495,7 +499,7 @@ class Trainer:
             **self.speed_figures(), **self.extra,
         }
         if self.cfg.train.save_model and status == "completed":
-            self.save_model(io.join(self.out, MODEL_DIR))  # before trial.parquet, which marks the trial done
+            self.save_model(io.join(self.out, MODEL_DIR), summary)  # before trial.parquet, which marks the trial done
         outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
                             self.attention_rows)
         self.log(f"[{self.trial_id}] {status}: eval loss {eval_loss:.4f} ppl {summary['eval_ppl']:.2f} "

@@ -11,7 +11,7 @@ def batch(pid, *lines, is_err=False, ip="127.0.0.1"):
 
 
 def test_worker_lines_are_routed_and_ray_handlers_restored(tmp_path, capsys, monkeypatch):
-    for var in ("RAY_DEDUP_LOGS", "RAY_AIR_NEW_OUTPUT"):
+    for var in ("RAY_DEDUP_LOGS", "RAY_AIR_NEW_OUTPUT", "MLFLOW_LOGGING_LEVEL"):
         monkeypatch.delenv(var, raising=False)  # restored after the test
     import ray  # noqa: F401 - installs Ray's console handler
 
@@ -46,10 +46,11 @@ def test_worker_lines_are_routed_and_ray_handlers_restored(tmp_path, capsys, mon
 def test_verbose_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
     monkeypatch.delenv("RAY_DEDUP_LOGS", raising=False)
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
     con = Console(str(tmp_path / "sweep"), verbose=True, log=lambda _: None)
     con.attach()
     con.close()
     assert not (tmp_path / "sweep").exists()
     import os
 
-    assert "RAY_AIR_NEW_OUTPUT" not in os.environ  # Tune keeps its own output
+    assert "RAY_AIR_NEW_OUTPUT" not in os.environ and "MLFLOW_LOGGING_LEVEL" not in os.environ  # as they are

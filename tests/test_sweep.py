@@ -4,6 +4,7 @@ by row, dedup, status, idempotent collect, and a driver killed mid-sweep then re
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from localist.trainer import checkpoint_step
 from orchestrator.sweep import status
 from orchestrator.cli import main
 from tests.helpers import CLI, attempts, env, held, kill_session, progress_step, tensorboard_scalars, wait_for, \
-    write_sweep
+    wandb_runs, write_sweep
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -28,14 +29,17 @@ def finished(tmp_path_factory):
                 description="a tiny real sweep of the tests", save_model=True,
                 checkpoint_every=6,  # a checkpoint makes Ray and Accelerate print their routine lines; keep 1,
                                      # removed when each run completes
-                tracking={"mlflow": {}})  # MLflow's default: a file store inside the sweep
-    proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
+                tracking={"mlflow": {}, "wandb": {"mode": "offline"}})  # MLflow's default: SQLite in the sweep
+    wandb_home = {f"WANDB_{k}_DIR": str(root / "wandb-home" / k.lower()) for k in ("CONFIG", "CACHE", "DATA")}
+    proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(**wandb_home), capture_output=True, text=True,
                           timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "store" / "tiny", proc.stdout + proc.stderr
 
 
 def test_completed_runs_keep_no_checkpoints_and_saved_models_reproduce_eval_loss(finished, monkeypatch):
+    from huggingface_hub import ModelCard
+
     from localist.config import TrialConfig
     from localist.model import load_localist
     from localist.trainer import Trainer
@@ -61,6 +65,9 @@ def test_completed_runs_keep_no_checkpoints_and_saved_models_reproduce_eval_loss
         assert trainer.evaluate() == pytest.approx(want, abs=1e-5)
         text = "In the beginning God created the heaven and the earth."
         assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == trainer.data.tokenizer.encode(text).ids
+        card = ModelCard.load(folder / "README.md")  # the model card names the sweep and run it came from
+        assert f"sweep `tiny`, run `{run}` (folder `{sweep}`)" in card.text
+        assert {r.metric_type: r.metric_value for r in card.data.eval_results}["loss"] == pytest.approx(want, abs=1e-6)
 
 
 def test_consolidated_results_row_by_row(finished):
@@ -102,7 +109,8 @@ def test_consolidated_results_row_by_row(finished):
 
 ROUTINE = ["Removed shared tensor", "Checkpoint successfully created at", "RAY_DEDUP_LOGS", "repeated",
            "Started a local Ray instance", "Configuration for experiment", "View detailed results here",
-           "To visualize your results", "Wrote the latest version of all result files", "Trial status"]
+           "To visualize your results", "Wrote the latest version of all result files", "Trial status",
+           "Creating initial MLflow database tables"]
 
 
 def test_console_has_trial_progress_and_no_routine_ray_or_accelerate_lines(finished):
@@ -141,12 +149,19 @@ def test_live_metrics_in_tune_tensorboard_and_mlflow(finished, monkeypatch):
         scalars = tensorboard_scalars(tune_dir / run)
         assert [s for s, _ in scalars["ray/tune/eval_loss"]] == evals.step.tolist() == [6, 12]
         assert [v for _, v in scalars["ray/tune/eval_loss"]] == pytest.approx(evals.loss.tolist(), rel=1e-6)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    # MLflow: the store the console names, read as printed by a plain client, no environment variable set
+    printed = re.search(r"\[sweep\] MLflow: (.*)", log).group(1)
+    assert printed == f"mlflow ui --backend-store-uri sqlite:///{sweep / 'mlflow.db'}"
+    for var in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"file://{sweep / 'mlflow'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    client = MlflowClient(tracking_uri=printed.split()[-1])
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.artifact_location == f"file://{sweep / 'mlflow-artifacts'}"  # inside the sweep
+    runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == RUNS
+    assert not (sweep / "mlflow").exists() and not (sweep.parent.parent / "mlruns").exists()
     for r in runs:
         cfg = yaml.safe_load((sweep / "sweep.yaml").read_text())
         assert r.data.params["trial_id"] == r.info.run_name and r.data.params["data.seq_len"] == "64"
@@ -156,6 +171,24 @@ def test_live_metrics_in_tune_tensorboard_and_mlflow(finished, monkeypatch):
         assert [m.step for m in history] == [6, 12]
         own = pd.read_parquet(sweep / "trials" / r.info.run_name / "trial.parquet").iloc[0]
         assert history[-1].value == pytest.approx(own.eval_loss)
+
+
+def test_wandb_offline_runs_hold_each_trials_config_and_eval_history(finished):
+    """tracking: {wandb: {mode: offline}}: one W&B run per trial in <sweep>/wandb, read back from its
+    run file (nothing was sent anywhere)."""
+    sweep, log = finished
+    assert f"[sweep] W&B: runs under {sweep / 'wandb'}" in log
+    runs = wandb_runs(sweep / "wandb")
+    assert sorted(r["name"] for r in runs) == RUNS
+    for r in runs:
+        assert r["project"] == "tiny" and r["config"]["trial_id"] == r["name"]
+        assert r["config"]["data.seq_len"] == 64 and r["config"]["train.steps"] == 12
+        assert r["config"]["locality.peak"] == (0.0 if r["name"].startswith("peak-0") else 1.0)
+        evals = [(h["timesteps_total"], h["eval_loss"]) for h in r["history"] if "eval_loss" in h]
+        own = pd.read_parquet(sweep / "trials" / r["name"] / "steps.parquet")
+        own = own[own.split == "eval"]
+        assert [s for s, _ in evals] == own.step.tolist() == [6, 12]
+        assert [v for _, v in evals] == pytest.approx(own.loss.tolist(), rel=1e-6)
 
 
 def test_watch_table_and_partial_aggregate(finished, capsys):

@@ -56,6 +56,8 @@ class Console:
             return
         # Tune's legacy reporter prints nothing at verbose=0; the new one still prints its header.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # MLflow's INFO lines ("Creating initial MLflow database tables...") are routine; warnings still show.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         import ray  # noqa: F401 - installs Ray's console handler, which we turn down to warnings
 
         if io.is_local(self.uri):

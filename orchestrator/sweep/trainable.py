@@ -98,6 +98,7 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
         raise
     trainer = Trainer(cfg, out, trial_id, extra={"node_id": node_id, "node_ip": ray.util.get_node_ip_address(),
                                                  "attempts": attempt})
+    trainer.origin = {"sweep": layout.sweep_name(sweep_uri), "sweep_uri": sweep_uri}  # for the model card
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             if os.path.exists(os.path.join(d, layout.CHECKPOINT_EMPTIED)):  # a stopped search trial
