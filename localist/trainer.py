@@ -77,13 +77,24 @@ class Trainer:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
+        clock = time.perf_counter()
+        self.timings: dict[str, float] = {}  # setup seconds by phase (trial.parquet; benchmarks/scale.py)
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            self.timings[name] = now - clock
+            clock = now
+
         device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Accelerate will put the model
         self.accel = Accelerator(mixed_precision=compute.precision(t.precision, device_type),
                                  gradient_accumulation_steps=t.grad_accum)
         self.device = self.accel.device
         set_seed(cfg.seed)
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
+        lap("setup_accelerator_s")
         self.data: Dataset = data if data is not None else prepare(cfg.data, tokenizer, log=log)
+        lap("setup_data_s")
         model = build_model(cfg.model, self.data.vocab_size, cfg.data.seq_len, cfg.seed)
         self.n_layer = n_layers(model)
         self.lambdas = layer_lambdas(cfg.locality, self.n_layer)
@@ -93,10 +104,12 @@ class Trainer:
         optimizer = _optimizer(model, cfg)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
+        lap("setup_model_s")
         self.model, self.optimizer, self.scheduler = self.accel.prepare(model, optimizer, scheduler)
         self.plan = compute.plan(cfg, self.device.type, self.lambdas, attn_dropout(model),
                                  backend=backend, force_flex=force_flex)
         self._setup_forward(model)
+        lap("setup_prepare_s")
         self.step = 0
         self.tokens_seen = 0
         self.train_time = 0.0
@@ -496,7 +509,7 @@ class Trainer:
             "n_params": sum(p.numel() for p in self.accel.unwrap_model(self.model).parameters()),
             **{k: v if status == "completed" else math.nan
                for k, v in self.eval_positions.items()},
-            **self.speed_figures(), **self.extra,
+            **self.speed_figures(), **self.timings, **self.extra,
         }
         if self.cfg.train.save_model and status == "completed":
             self.save_model(io.join(self.out, MODEL_DIR), summary)  # before trial.parquet, which marks the trial done
