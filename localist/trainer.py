@@ -420,6 +420,7 @@ class Trainer:
             self.metrics = {}
             if self.step == first:
                 self._warm = (self.tokens_seen, self.train_time, speed.dynamo_frames())
+                self.timings["first_step_at"] = time.time()  # when the device first finished a step (epoch s)
             if bad is not None:
                 status = "diverged"
                 self._row("train", bad[1], step=bad[0])

@@ -103,13 +103,15 @@ def _cmd_sweep_run(a) -> int:
     if a.dry_run:
         print(dryrun.render(sp, trials, tokens_per_s=a.tokens_per_s, slots=a.slots))
         return 0
-    return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose)
+    return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose,
+                      trial_lines=a.trial_lines)
 
 
 def _cmd_sweep_resume(a) -> int:
     from orchestrator.sweep import driver
 
-    return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose)
+    return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose,
+                         trial_lines=a.trial_lines)
 
 
 def _cmd_sweep_status(a) -> int:
@@ -179,6 +181,8 @@ def _examples(*lines: str) -> dict:
             "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+TRIAL_LINES_HELP = ("print each trial's progress lines even in a sweep of more than 64 runs (default: there "
+                    "only the sweep's status line every 20 s; every line is in <sweep>/logs/)")
 SWEEP_PATH = "the sweep's folder, <storage>/<sweep name> (e.g. results/quick or s3://bucket/sweeps/paper)"
 ADDRESS = "the head's Jobs API (default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)"
 
@@ -259,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
     r.add_argument("--verbose", action="store_true",
                    help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
+    r.add_argument("--trial-lines", action="store_true", default=None, help=TRIAL_LINES_HELP)
     r.set_defaults(func=_cmd_sweep_run)
     rs = s.add_parser("resume", help="finish an interrupted sweep (finished trials are kept)",
                       **_examples("localist sweep resume results/quick",
@@ -268,6 +273,7 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
     rs.add_argument("--verbose", action="store_true",
                     help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
+    rs.add_argument("--trial-lines", action="store_true", default=None, help=TRIAL_LINES_HELP)
     rs.set_defaults(func=_cmd_sweep_resume)
     st = s.add_parser("status", help="per-run state of a sweep, during or after a run",
                       **_examples("localist sweep status results/quick"))
