@@ -3,6 +3,13 @@
 Batches are drawn by step number from a seeded generator, so a resumed trial sees exactly the
 batches an uninterrupted one would; together with Accelerate's saved optimizer, scheduler and
 RNG state this makes a resumed trial end where an undisturbed one ends.
+
+Under an existing torch.distributed process group (``accelerate launch``, or Ray Train's workers:
+rank and world size come from the environment they set) the trial is data parallel: Accelerate
+wraps the model in DDP, every worker trains on its rank's share of each step's global batch (the
+same global batch whatever the number of workers), losses are averaged over the workers when they
+are read, every worker evaluates the same held-out sequences, and only the main process writes
+the trial's files, logs and reports progress.
 """
 
 from __future__ import annotations
@@ -22,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from localist import compute, faults, flex, io, outputs, speed, trial_files
 from localist.attention import LocalityContext
-from localist.config import TrialConfig
+from localist.config import ConfigError, TrialConfig
 from localist.data import Dataset, prepare
 from localist.loss import linear_cross_entropy
 from localist.model import MODEL_DIR, TRIAL_FILE, attn_dropout, build_model, n_layers
@@ -56,6 +63,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _quiet(*_args, **_kwargs) -> None:
+    """The log of a worker other than the main one: its lines would repeat the main worker's."""
+
+
 def _optimizer(model, cfg: TrialConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (not biases, norms or embeddings' bias terms).
     Fused (CUDA and CPU): one kernel, and its step counts stay on the device, where the foreach
@@ -78,10 +89,21 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Accelerate will put the model
+        # cpu=True on a CPU: Accelerate then joins a process group of several CPU workers (gloo).
+        # split_batches: a step is one global batch whatever the number of workers, so the learning
+        # rate schedule steps once per optimizer step (not once per worker, Accelerate's default).
         self.accel = Accelerator(mixed_precision=compute.precision(t.precision, device_type),
-                                 gradient_accumulation_steps=t.grad_accum)
+                                 gradient_accumulation_steps=t.grad_accum, cpu=device_type == "cpu",
+                                 dataloader_config=DataLoaderConfiguration(split_batches=True))
         self.device = self.accel.device
-        set_seed(cfg.seed)
+        self.rank, self.world = self.accel.process_index, self.accel.num_processes
+        if self.world != t.workers:
+            raise ConfigError(f"train.workers is {t.workers} but {self.world} process(es) run this trial: set "
+                              f"train.workers to the number of processes (accelerate launch --num_processes N)")
+        self.is_main = self.accel.is_main_process
+        if not self.is_main:
+            self.log = log = _quiet
+        set_seed(cfg.seed, device_specific=True)  # seed + rank: dropout differs between workers
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
         self.data: Dataset = data if data is not None else prepare(cfg.data, tokenizer, log=log)
         model = build_model(cfg.model, self.data.vocab_size, cfg.data.seq_len, cfg.seed)
@@ -94,6 +116,7 @@ class Trainer:
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
         self.model, self.optimizer, self.scheduler = self.accel.prepare(model, optimizer, scheduler)
+        self._net = model  # the module itself (not its DDP wrapper): evaluation runs it on every worker alone
         self.plan = compute.plan(cfg, self.device.type, self.lambdas, attn_dropout(model),
                                  backend=backend, force_flex=force_flex)
         self._setup_forward(model)
@@ -146,9 +169,13 @@ class Trainer:
 
     def _load(self, step: int, micro: int):
         """The batch of a given step, the same on every run and after every resume: always exactly
-        ``batch_size`` sequences (one shape for the whole trial, so compiled code never recompiles)."""
+        ``batch_size`` sequences (one shape for the whole trial, so compiled code never recompiles).
+        The step's global batch (``batch_size`` x workers sequences) is drawn whatever the number of
+        workers, and each worker takes its rank's slice: N workers of batch B train on what one
+        worker of batch N x B does."""
         rng = np.random.default_rng([self.cfg.seed, step, micro])
-        idx = np.sort(rng.integers(0, len(self.data.train), self.cfg.train.batch_size))
+        bs = self.cfg.train.batch_size
+        idx = np.sort(rng.integers(0, len(self.data.train), bs * self.world))[self.rank * bs:(self.rank + 1) * bs]
         seqs = torch.from_numpy(np.asarray(self.data.train[idx], dtype=np.int64))
         parts = (seqs[:, :-1], seqs[:, 1:], self.train_blocks[idx])
         if self.device.type != "cuda":
@@ -229,7 +256,7 @@ class Trainer:
             if stats_ctx is not None:
                 ctx.stats = stats_ctx.stats
             with self.accel.autocast():
-                logits = self.model(input_ids=x, locality=ctx, use_cache=False).logits
+                logits = self._net(input_ids=x, locality=ctx, use_cache=False).logits
             token_nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                         reduction="none").double().cpu()
             nll += float(token_nll.sum())
@@ -269,7 +296,13 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------
 
     def save_checkpoint(self, directory: str) -> None:
+        """Accelerate's state (the main worker writes model, optimizer and scheduler, every worker its
+        random state), then the main worker's STATE_FILE. With several workers the directory may be
+        one per worker (Ray Train merges what they report) or one they share."""
         self.accel.save_state(directory)
+        self.accel.wait_for_everyone()
+        if not self.is_main:
+            return
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
                  "wall": self.wall_before + time.perf_counter() - self._wall0, "loss_window": self.loss_window,
                  "step_rows": self.step_rows, "layer_rows": self.layer_rows}
@@ -359,7 +392,10 @@ class Trainer:
         if not self._pending:
             return None
         steps = [s for s, _ in self._pending]
-        values = torch.stack([v.float() for _, v in self._pending]).tolist()
+        values = torch.stack([v.float() for _, v in self._pending])
+        if self.world > 1:  # every worker reads at the same steps: the mean over workers is the step's loss
+            values = self.accel.reduce(values, reduction="mean")
+        values = values.tolist()
         self._pending = []
         for s, v in zip(steps, values):
             if not math.isfinite(v):
@@ -382,7 +418,7 @@ class Trainer:
         self._wall0 = time.perf_counter()
         status = "completed"
         self.model.train()
-        tokens_per_step = t.batch_size * t.grad_accum * self.cfg.data.seq_len
+        tokens_per_step = t.global_batch * self.cfg.data.seq_len  # over all workers
         first = self.step + 1
         while self.step < t.steps:
             t0 = time.perf_counter()
@@ -429,7 +465,8 @@ class Trainer:
 
     def write_partial(self) -> None:
         """steps/layers.parquet so far, so a running trial can be watched (trial.parquet stays last)."""
-        outputs.write_rows(self.out, self.trial_id, self.step_rows, self.layer_rows)
+        if self.is_main:
+            outputs.write_rows(self.out, self.trial_id, self.step_rows, self.layer_rows)
 
     def _eval_metrics(self, loss: float) -> dict:
         m = {"eval_loss": loss, "eval_ppl": self.step_rows[-1]["ppl"]}
@@ -447,7 +484,7 @@ class Trainer:
                 "tokens_per_s": rate, "eta_s": eta, "time": time.time()}
         self.log(f"[{self.trial_id}] step {self.step}/{t.steps} loss {loss:.4f} "
                  f"lr {self.scheduler.get_last_lr()[0]:.2e} {rate:,.0f} tok/s eta {eta:.0f}s")
-        if on_progress:
+        if on_progress and self.is_main:
             on_progress(info)
         return {"train_loss": loss, "lr": float(self.scheduler.get_last_lr()[0]), "tokens_per_s": rate,
                 "tokens_seen": self.tokens_seen}
@@ -486,10 +523,13 @@ class Trainer:
             "n_layer_actual": self.n_layer, "lambdas": json.dumps([round(x, 6) for x in self.lambdas]),
             "device": self._device_name(), "hostname": socket.gethostname(),
             "n_params": sum(p.numel() for p in self.accel.unwrap_model(self.model).parameters()),
+            "global_batch": self.cfg.train.global_batch,
             **{k: v if status == "completed" else math.nan
                for k, v in self.eval_positions.items()},
             **self.speed_figures(), **self.extra,
         }
+        if not self.is_main:  # the main worker writes the trial's files
+            return TrialResult(status, eval_loss, summary["eval_ppl"])
         if self.cfg.train.save_model and status == "completed":
             self.save_model(io.join(self.out, MODEL_DIR))  # before trial.parquet, which marks the trial done
         outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
@@ -511,19 +551,24 @@ def run_trial(cfg: TrialConfig, out: str, trial_id: str = "trial", log=print) ->
         if not local:
             return
         final = io.resolve(ckpt_uri)[1]
-        tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".ckpt-")
+        tmp, old = final + ".new", final + ".old"  # one folder all workers write into (`accelerate launch`)
+        if tr.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while writing it
+        tr.accel.wait_for_everyone()
         tr.save_checkpoint(tmp)
-        old = final + ".old"
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if tr.is_main:
+            if os.path.exists(final):
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        tr.accel.wait_for_everyone()
 
     def progress(info: dict) -> None:
         trial_files.write_progress(out, info)
 
     io.makedirs(out)
     result = trainer.fit(on_checkpoint=save, on_progress=progress)
-    if local:
+    trainer.accel.wait_for_everyone()
+    if local and trainer.is_main:
         shutil.rmtree(io.resolve(ckpt_uri)[1], ignore_errors=True)
     return result
