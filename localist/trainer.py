@@ -98,8 +98,10 @@ class Trainer:
         self.device = self.accel.device
         self.rank, self.world = self.accel.process_index, self.accel.num_processes
         if self.world != t.workers:
-            raise ConfigError(f"train.workers is {t.workers} but {self.world} process(es) run this trial: set "
-                              f"train.workers to the number of processes (accelerate launch --num_processes N)")
+            raise ConfigError(f"train.workers is {t.workers} but {self.world} process(es) run this trial: start "
+                              f"{t.workers} (torchrun --nproc_per_node {t.workers} -m orchestrator.cli train ..., or "
+                              f"accelerate launch --multi_gpu --num_processes {t.workers} on GPUs), or set "
+                              f"train.workers to {self.world}")
         self.is_main = self.accel.is_main_process
         if not self.is_main:
             self.log = log = _quiet
