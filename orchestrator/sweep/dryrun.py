@@ -157,7 +157,9 @@ def compute_lines(spec: SweepSpec, unique: dict, tokens_per_s: float | None = No
         for n in counts:
             # runs are alike, so n slots finish ceil(runs / n) rounds of the longest run
             waves = math.ceil(len(cfgs) / n)
-            walls.append(f"{duration(max(max(hours) * 3600 * waves, total_h * 3600 / n))} on {n} slot{'s' * (n > 1)}")
+            gpus_at_once = f" ({n * max(per_trial):g} GPUs)" if gpus and max(workers) > 1 else ""
+            walls.append(f"{duration(max(max(hours) * 3600 * waves, total_h * 3600 / n))} on {n} slot{'s' * (n > 1)}"
+                         + gpus_at_once)
         lines.append("  wall time: " + ", ".join(walls))
     else:
         lines.append("  time: give --tokens-per-s N (one trial's training throughput, one worker's for trials of "
@@ -172,6 +174,13 @@ def resources_line(spec: SweepSpec, trials: list[Trial]) -> str:
     if max(counts) > 1:
         line += f" (Ray Train; workers {'may span nodes' if spec.resources.span_nodes else 'on one node'})"
     return line
+
+
+def concurrency_default(trials: list[Trial]) -> str:
+    """What max_concurrent: null means (driver.tune_spec)."""
+    if max((t.config.train.workers for t in trials), default=1) > 1:
+        return "the trials the cluster holds at once when the sweep starts (its GPUs, or CPUs, over one trial's)"
+    return "as resources allow"
 
 
 def batch_lines(trials: list[Trial]) -> list[str]:
@@ -222,7 +231,7 @@ def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = No
         "",
         f"results: {len(trials)} ({n_cells} grid cells x seeds + {n_comp} comparator trials)",
         f"runs after dedup: {len(unique)} ({len(trials) - len(unique)} deduplicated: identical effective configs)",
-        f"resources: {resources_line(spec, trials)}; max concurrent: {spec.max_concurrent or 'as resources allow'};"
+        f"resources: {resources_line(spec, trials)}; max concurrent: {spec.max_concurrent or concurrency_default(trials)};"
         f" retries: {spec.retries}",
         *batch_lines(trials),
     ]
