@@ -263,12 +263,12 @@ def sweep_keys(spec: SweepSpec, tree: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def check_workers(spec: SweepSpec, cfg: TrialConfig, where: str) -> None:
+def check_workers(spec: SweepSpec, cfg: TrialConfig, source: str, where: str) -> None:
     """A multi-worker trial runs one DDP worker per whole GPU (two NCCL ranks cannot share one)."""
     gpu = spec.resources.gpu
     if cfg.train.workers > 1 and gpu not in (0, 1):
-        raise ConfigError(f"resources.gpu: {gpu:g} GPU per worker, but {where} has {cfg.train.workers} workers: "
-                          "a data-parallel worker takes one whole GPU (gpu: 1) or none (gpu: 0)")
+        raise _err(source, "resources.gpu", f"{gpu:g} GPU per worker, but the trial made from {where} has "
+                   f"{cfg.train.workers} workers: a data-parallel worker takes one whole GPU (gpu: 1) or none (gpu: 0)")
 
 
 def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, tree: dict[str, Any] | None = None,
@@ -282,7 +282,7 @@ def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, tree: dict[s
         cfg = build(tree, source, prefix="")
     except ConfigError as e:
         raise ConfigError(f"{e} (in the trial made from {cell.where}, seed {seed})") from None
-    check_workers(spec, cfg, f"{source}: the trial made from {cell.where}")
+    check_workers(spec, cfg, source, cell.where)
     return Trial(trial_id or f"{cell.name}__s{seed}", dict(cell.coords), cell.comparator, seed, cfg,
                  where=cell.where)
 
