@@ -118,7 +118,6 @@ class Trainer:
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
         self.model, self.optimizer, self.scheduler = self.accel.prepare(model, optimizer, scheduler)
-        self._net = model  # the module itself (not its DDP wrapper): evaluation runs it on every worker alone
         self.plan = compute.plan(cfg, self.device.type, self.lambdas, attn_dropout(model),
                                  backend=backend, force_flex=force_flex)
         self._setup_forward(model)
@@ -241,6 +240,7 @@ class Trainer:
         (``outputs.POSITION_GROUPS``: first token, positions 2-4, 5+; kept in ``eval_positions``);
         per-layer attention statistics reduced on the fly."""
         self.model.eval()
+        net = self.accel.unwrap_model(self.model)  # not its DDP wrapper: every worker evaluates alone
         n = min(self.cfg.data.eval_sequences, len(self.data.eval))
         bs = self.cfg.train.batch_size
         nll, count = 0.0, 0
@@ -258,7 +258,7 @@ class Trainer:
             if stats_ctx is not None:
                 ctx.stats = stats_ctx.stats
             with self.accel.autocast():
-                logits = self._net(input_ids=x, locality=ctx, use_cache=False).logits
+                logits = net(input_ids=x, locality=ctx, use_cache=False).logits
             token_nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                         reduction="none").double().cpu()
             nll += float(token_nll.sum())
