@@ -4,7 +4,8 @@ LOCALIST_FAULT - comma-separated trial faults, each KIND@STEP[:MARKER][#TRIAL_ID
   KIND 'raise' (an exception at that step), 'nan' (a non-finite loss) or 'kill' (the process
   SIGKILLs itself: a lost worker); with MARKER (a file path) it fires once, only while the file
   does not exist, creating it (in one process only, when several check at once); with #TRIAL_ID
-  only in that trial.
+  only in that trial. KIND 'wait': the trial waits before that step until MARKER exists (a test
+  holds trials where it wants them, then lets them go).
 LOCALIST_CRASH_AT - POINT[:MARKER]: the sweep driver SIGKILLs itself at that point
   ('prepare', 'collect'), once when a marker is given.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 class InjectedFault(RuntimeError):
@@ -30,12 +32,18 @@ def _fires_once(marker: str) -> bool:
 
 
 def check(step: int, trial_id: str) -> str | None:
-    """The fault kind to apply at this step of this trial ('nan'), raising for 'raise'."""
+    """The fault kind to apply at this step of this trial ('nan'), raising for 'raise' (after any 'wait')."""
     for spec in filter(None, os.environ.get("LOCALIST_FAULT", "").split(",")):
         spec, _, only = spec.partition("#")
         kind, _, rest = spec.partition("@")
         at, _, marker = rest.partition(":")
-        if int(at) != step or (only and only != trial_id) or not _fires_once(marker):
+        if int(at) != step or (only and only != trial_id):
+            continue
+        if kind == "wait":
+            while not os.path.exists(marker):
+                time.sleep(0.2)
+            continue
+        if not _fires_once(marker):
             continue
         if kind == "raise":
             raise InjectedFault(f"injected fault at step {step} (LOCALIST_FAULT={spec})")

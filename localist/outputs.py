@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import time
 
 import pyarrow as pa
 
@@ -12,6 +13,8 @@ from localist.config import TrialConfig
 # Held-out loss by the query token's 0-based position in its block: name -> [low, high) positions.
 # trial.parquet gets one token-weighted mean NLL (nats) per group; see Trainer.block_positions.
 POSITION_GROUPS = {"eval_loss_pos1": (0, 1), "eval_loss_pos2_4": (1, 4), "eval_loss_pos5p": (4, None)}
+POSITION_LABELS = {"eval_loss_pos1": "first token of its block", "eval_loss_pos2_4": "positions 2-4",
+                   "eval_loss_pos5p": "positions 5+"}  # how the report and model cards name the groups
 
 # The long-format files beside trial.parquet: kind -> schema (the one declaration of their columns).
 SCHEMAS = {
@@ -59,9 +62,11 @@ def write_rows(out: str, trial_id: str, steps: list[dict], layers: list[dict]) -
 
 def write_trial(out: str, trial_id: str, cfg: TrialConfig, summary: dict, steps: list[dict],
                 layers: list[dict], attention: list[dict]) -> dict:
-    """steps, layers and attention first; trial.parquet last, so its presence means 'complete'."""
+    """steps, layers and attention first; trial.parquet last, so its presence means 'complete'
+    (its ``outputs_s``: the seconds the three others took to write)."""
+    t0 = time.perf_counter()
     write_rows(out, trial_id, steps, layers)
     io.write_parquet(_table("attention", trial_id, attention), io.join(out, trial_files.ATTENTION))
-    row = trial_row(trial_id, cfg, summary)
+    row = trial_row(trial_id, cfg, {**summary, "outputs_s": time.perf_counter() - t0})
     io.write_parquet(pa.Table.from_pylist([row]), io.join(out, trial_files.TRIAL))
     return row

@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from localist import compute, faults, flex, io, outputs, speed, trial_files
+from localist import compute, faults, flex, io, model_card, outputs, speed, trial_files
 from localist.attention import LocalityContext
 from localist.config import ConfigError, TrialConfig
 from localist.data import Dataset, prepare
@@ -88,6 +88,15 @@ class Trainer:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
+        clock = time.perf_counter()
+        self.timings: dict[str, float] = {}  # setup seconds by phase (trial.parquet; benchmarks/scale.py)
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            self.timings[name] = now - clock
+            clock = now
+
         device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Accelerate will put the model
         # cpu=True on a CPU: Accelerate then joins a process group of several CPU workers (gloo).
         # split_batches: a step is one global batch whatever the number of workers, so the learning
@@ -107,7 +116,9 @@ class Trainer:
             self.log = log = _quiet
         set_seed(cfg.seed, device_specific=True)  # seed + rank: dropout differs between workers
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
+        lap("setup_accelerator_s")
         self.data: Dataset = data if data is not None else prepare(cfg.data, tokenizer, log=log)
+        lap("setup_data_s")
         model = build_model(cfg.model, self.data.vocab_size, cfg.data.seq_len, cfg.seed)
         self.n_layer = n_layers(model)
         self.lambdas = layer_lambdas(cfg.locality, self.n_layer)
@@ -117,10 +128,12 @@ class Trainer:
         optimizer = _optimizer(model, cfg)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
+        lap("setup_model_s")
         self.model, self.optimizer, self.scheduler = self.accel.prepare(model, optimizer, scheduler)
         self.plan = compute.plan(cfg, self.device.type, self.lambdas, attn_dropout(model),
                                  backend=backend, force_flex=force_flex)
         self._setup_forward(model)
+        lap("setup_prepare_s")
         self.step = 0
         self.tokens_seen = 0
         self.train_time = 0.0
@@ -135,6 +148,7 @@ class Trainer:
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read
         self._ahead = None  # the next micro-batch, already on its way to the device
         self._warm: tuple[int, float, int] | None = None  # tokens, train time, dynamo frames after step 1
+        self.origin: dict = {}  # where the trial runs, for the model card: a sweep sets sweep and sweep_uri
 
     def _setup_forward(self, model) -> None:
         """The training forward + loss, compiled as the plan says (``localist.compute``).
@@ -299,15 +313,19 @@ class Trainer:
 
     def save_checkpoint(self, directory: str) -> None:
         """Accelerate's state (the main worker writes model, optimizer and scheduler, every worker its
-        random state), then the main worker's STATE_FILE. With several workers the directory may be
-        one per worker (Ray Train merges what they report) or one they share."""
+        random state), then the main worker's STATE_FILE: the loop's counters and rows, and the size
+        of every other file it sees (a copy of the folder cut short is told from a whole one:
+        `checkpoint_step`). With several workers the directory may be one per worker (Ray Train
+        merges what they report; the main one lists its own files) or one they share."""
         self.accel.save_state(directory)
         self.accel.wait_for_everyone()
         if not self.is_main:
             return
+        files = {os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/"):
+                 os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names}
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
                  "wall": self.wall_before + time.perf_counter() - self._wall0, "loss_window": self.loss_window,
-                 "step_rows": self.step_rows, "layer_rows": self.layer_rows}
+                 "step_rows": self.step_rows, "layer_rows": self.layer_rows, "files": files}
         with open(os.path.join(directory, STATE_FILE), "w") as f:
             json.dump(state, f)
 
@@ -320,9 +338,10 @@ class Trainer:
         self.step_rows, self.layer_rows = state["step_rows"], state["layer_rows"]
         self.log(f"[{self.trial_id}] resumed from step {self.step}")
 
-    def save_model(self, uri: str) -> None:
+    def save_model(self, uri: str, summary: dict | None = None) -> None:
         """The trained model and its tokenizer as a Hugging Face folder (``localist.model.load_localist``),
-        with the trial config and lambdas in localist_trial.json; written locally, then copied to uri."""
+        with the trial config and lambdas in localist_trial.json and a model card (README.md, with the
+        ``summary`` numbers); written locally, then copied to uri."""
         from transformers import PreTrainedTokenizerFast
 
         model = self.accel.unwrap_model(self.model)
@@ -330,9 +349,11 @@ class Trainer:
             model.save_pretrained(d, safe_serialization=True)
             tok = PreTrainedTokenizerFast(tokenizer_file=self.data.tokenizer_path)
             tok.save_pretrained(d)
+            record = {"trial_id": self.trial_id, "step": self.step, "lambdas": self.lambdas,
+                      "config": self.cfg.model_dump(mode="json")}
             with open(os.path.join(d, TRIAL_FILE), "w") as f:
-                json.dump({"trial_id": self.trial_id, "step": self.step, "lambdas": self.lambdas,
-                           "config": self.cfg.model_dump(mode="json")}, f, indent=1)
+                json.dump(record, f, indent=1)
+            model_card.write(d, record, summary or {}, self.layer_rows[-self.n_layer:], self.origin)
             io.upload_dir(d, uri)
 
     # -- the loop -------------------------------------------------------------------------------------
@@ -437,6 +458,7 @@ class Trainer:
             self.metrics = {}
             if self.step == first:
                 self._warm = (self.tokens_seen, self.train_time, speed.dynamo_frames())
+                self.timings["first_step_at"] = time.time()  # when the device first finished a step (epoch s)
             if bad is not None:
                 status = "diverged"
                 self._row("train", bad[1], step=bad[0])
@@ -528,17 +550,37 @@ class Trainer:
             "global_batch": self.cfg.train.global_batch,
             **{k: v if status == "completed" else math.nan
                for k, v in self.eval_positions.items()},
-            **self.speed_figures(), **self.extra,
+            **self.speed_figures(), **self.timings, **self.extra,
         }
         if not self.is_main:  # the main worker writes the trial's files
             return TrialResult(status, eval_loss, summary["eval_ppl"])
         if self.cfg.train.save_model and status == "completed":
-            self.save_model(io.join(self.out, MODEL_DIR))  # before trial.parquet, which marks the trial done
+            self.save_model(io.join(self.out, MODEL_DIR), summary)  # before trial.parquet, which marks the trial done
         outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
                             self.attention_rows)
         self.log(f"[{self.trial_id}] {status}: eval loss {eval_loss:.4f} ppl {summary['eval_ppl']:.2f} "
                  f"in {wall:.1f}s -> {self.out}")
         return TrialResult(status, eval_loss, summary["eval_ppl"])
+
+
+def checkpoint_step(uri: str) -> int | None:
+    """The step a checkpoint folder (on any filesystem) holds, or None unless it is whole: its
+    STATE_FILE readable and every file that lists there at its size (a copy cut short, or a
+    checkpoint written before STATE_FILE listed its files, gives None)."""
+    import pyarrow.fs as pafs
+
+    fs, path = io.resolve(uri)
+    sizes = {os.path.relpath(i.path, path).replace(os.sep, "/"): i.size
+             for i in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+             if i.type == pafs.FileType.File}
+    if STATE_FILE not in sizes:
+        return None
+    try:
+        state = json.loads(io.read_text(io.join(uri, STATE_FILE)))
+        files, step = state["files"], int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):  # half-written, or an older checkpoint's state
+        return None
+    return step if all(sizes.get(name) == size for name, size in files.items()) else None
 
 
 def run_trial(cfg: TrialConfig, out: str, trial_id: str = "trial", log=print) -> TrialResult:

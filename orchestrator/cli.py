@@ -34,6 +34,46 @@ def _cmd_train(a) -> int:
     return 0 if result.status == "completed" else 1
 
 
+def _quiet_loading() -> None:
+    """No 'Loading weights' progress bar from transformers for a model of a few MB."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _cmd_inspect(a) -> int:
+    from localist.inspection import inspect
+    from localist.saved import SavedModel
+
+    if (a.text is None) == (a.file is None):
+        raise ConfigError("inspect: give the text either as an argument or with --file F (one of the two)")
+    if a.file is not None:
+        try:
+            with open(a.file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(f"inspect: --file {a.file}: {e.strerror}") from None
+    else:
+        text = a.text
+    _quiet_loading()
+    inspect(SavedModel.load(a.model), text, a.out, compare=a.no_locality)
+    return 0
+
+
+def _cmd_generate(a) -> int:
+    from localist.generation import both
+    from localist.model_card import schedule_text
+    from localist.saved import SavedModel
+
+    _quiet_loading()
+    saved = SavedModel.load(a.model)
+    for g in both(saved, a.prompt, plain=not a.no_plain, max_new_tokens=a.max_new_tokens,
+                  temperature=a.temperature, top_k=a.top_k, seed=a.seed):
+        what = f"with its locality ({schedule_text(saved.config)})" if g.locality else "plain causal attention"
+        print(f"[generate] {what}:\n{a.prompt}{g.text}\n")
+    return 0
+
+
 def _load_sweep(a):
     from localist.config_files import apply_overrides
     from orchestrator import spec as sweep_spec
@@ -63,13 +103,15 @@ def _cmd_sweep_run(a) -> int:
     if a.dry_run:
         print(dryrun.render(sp, trials, tokens_per_s=a.tokens_per_s, slots=a.slots))
         return 0
-    return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose)
+    return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose,
+                      trial_lines=a.trial_lines)
 
 
 def _cmd_sweep_resume(a) -> int:
     from orchestrator.sweep import driver
 
-    return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose)
+    return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose,
+                         trial_lines=a.trial_lines)
 
 
 def _cmd_sweep_status(a) -> int:
@@ -139,6 +181,8 @@ def _examples(*lines: str) -> dict:
             "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+TRIAL_LINES_HELP = ("print each trial's progress lines even in a sweep of more than 64 runs (default: there "
+                    "only the sweep's status line every 20 s; every line is in <sweep>/logs/)")
 SWEEP_PATH = "the sweep's folder, <storage>/<sweep name> (e.g. results/quick or s3://bucket/sweeps/paper)"
 ADDRESS = "the head's Jobs API (default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)"
 
@@ -169,6 +213,38 @@ def parser() -> argparse.ArgumentParser:
                    help="also write the final model and tokenizer to OUT/model (load: localist.model.load_localist)")
     t.set_defaults(func=_cmd_train)
 
+    MODEL = "a saved model's folder (train.save_model: <sweep>/trials/<run_id>/model, or OUT/model)"
+    ins = sub.add_parser("inspect", help="a saved model's attention, blocks and per-token loss on your text (HTML, PNG)",
+                         description=(
+        "Run a saved model on a text with the locality it was trained under (blocks found in the text by its "
+        "partitioner) and write to --out an HTML page (the text with its block boundaries and per-token loss, "
+        "per-layer lambda, in-block attention mass and entropy), a PNG of every layer's head-mean attention with "
+        "the block boundaries drawn, and the numbers as JSON. --no-locality adds the same model without locality."),
+        **_examples('localist inspect results/quick/trials/peak-1__quintic__s1/model "And God said. Let there be light." --out look',
+                    "localist inspect runs/one/model --file chapter.txt --out look --no-locality"))
+    ins.add_argument("model", help=MODEL)
+    ins.add_argument("text", nargs="?", help="the text (or --file)")
+    ins.add_argument("--file", metavar="F", help="read the text from this file")
+    ins.add_argument("--out", required=True, metavar="DIR", help="folder for the HTML page, the attention figures and the JSON")
+    ins.add_argument("--no-locality", action="store_true",
+                     help="compare with the unconstrained model (every lambda 0, same weights)")
+    ins.set_defaults(func=_cmd_inspect)
+    g = sub.add_parser("generate", help="text from a saved model with its trained locality, beside plain generation",
+                       description=(
+        "Continue a prompt with the locality the model was trained under (blocks recomputed as the text grows; "
+        "the partition is causal, so they only extend), then with plain causal attention. Greedy unless "
+        "--temperature is given."),
+        **_examples('localist generate results/quick/trials/peak-1__quintic__s1/model --prompt "In the beginning"',
+                    'localist generate runs/one/model --prompt "And" --temperature 0.8 --top-k 40 --seed 3'))
+    g.add_argument("model", help=MODEL)
+    g.add_argument("--prompt", required=True, help="the text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=40, metavar="N", help="tokens to add (default 40)")
+    g.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (default 0: greedy)")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K likeliest tokens (0: all)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    g.add_argument("--no-plain", action="store_true", help="only the generation with locality")
+    g.set_defaults(func=_cmd_generate)
+
     s = sub.add_parser("sweep", help="run, resume, inspect and collect sweeps",
                        **_examples("localist sweep run sweeps/quick.yaml", "localist sweep status results/quick"))
     s = s.add_subparsers(dest="sweep", required=True, metavar="ACTION", help="one of these:")
@@ -188,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
     r.add_argument("--verbose", action="store_true",
                    help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
+    r.add_argument("--trial-lines", action="store_true", default=None, help=TRIAL_LINES_HELP)
     r.set_defaults(func=_cmd_sweep_run)
     rs = s.add_parser("resume", help="finish an interrupted sweep (finished trials are kept)",
                       **_examples("localist sweep resume results/quick",
@@ -197,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
     rs.add_argument("--verbose", action="store_true",
                     help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
+    rs.add_argument("--trial-lines", action="store_true", default=None, help=TRIAL_LINES_HELP)
     rs.set_defaults(func=_cmd_sweep_resume)
     st = s.add_parser("status", help="per-run state of a sweep, during or after a run",
                       **_examples("localist sweep status results/quick"))

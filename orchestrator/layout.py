@@ -12,7 +12,10 @@
                              folders and live metrics (progress.csv, result.json, params.json, TensorBoard);
                              a trial of several workers: its Ray Train run in tune/<run_id>/train/
                              (Train's checkpoint_<time> folders and checkpoint_manager_snapshot.json)
-  mlflow/, wandb/            tracker stores, when the sweep's `tracking:` uses the defaults
+  mlflow.db                  MLflow's default store (SQLite, written by the driver only)
+  mlflow-artifacts/          the artifact root of the experiments the driver creates there
+  mlflow/                    an older sweep's MLflow file store (still used when it exists and mlflow.db does not)
+  wandb/                     W&B's (offline) runs, when the sweep's `tracking:` uses the defaults
   tune-search/<group>/       search sweeps: one Tune experiment per search (searcher state inside)
   search/<group>.json        a finished search: its trials, ranked, and the settings to confirm
   search/_rounds.json        confirm.until: the seeds added in rounds and the cells each went to
@@ -23,6 +26,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import time
 
 import yaml
@@ -30,6 +34,11 @@ import yaml
 from localist import io, trial_files
 from localist.config import ConfigError
 from orchestrator.spec import SweepSpec, validate
+
+
+def sweep_name(sweep_uri: str) -> str:
+    """The name of a sweep's folder, <storage>/<name> (a URI's query left out)."""
+    return posixpath.basename(sweep_uri.partition("?")[0].rstrip("/"))
 
 
 def trials_dir(sweep_uri: str) -> str:
@@ -57,8 +66,18 @@ def driver_file(sweep_uri: str) -> str:
     return io.join(sweep_uri, "driver.json")
 
 
+def mlflow_db(sweep_uri: str) -> str:
+    """MLflow's default store, a SQLite database (local storage only; the driver is its one writer)."""
+    return io.join(sweep_uri, "mlflow.db")
+
+
+def mlflow_artifacts_dir(sweep_uri: str) -> str:
+    """The artifact root of the experiments the driver creates in the default store."""
+    return io.join(sweep_uri, "mlflow-artifacts")
+
+
 def mlflow_dir(sweep_uri: str) -> str:
-    """MLflow's default file store (local storage only)."""
+    """MLflow's file store, the default of sweeps started before the SQLite one (local storage only)."""
     return io.join(sweep_uri, "mlflow")
 
 

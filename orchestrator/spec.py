@@ -32,7 +32,7 @@ SPEC_KEYS = ["name", "description", "base", "grid", "comparators", "resources", 
 
 class MLflow(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tracking_uri: str | None = None  # default: file store <sweep>/mlflow (local storage only)
+    tracking_uri: str | None = None  # default: SQLite, <sweep>/mlflow.db (local storage only)
     experiment: str | None = None  # default: the sweep's name
     tags: dict[str, str] = {}
 

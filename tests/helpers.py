@@ -38,6 +38,18 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.getcwd(), **extra}
 
 
+def held(trial_id: str, step: int, until: Path) -> dict[str, str]:
+    """Environment that holds one trial before `step` until the file `until` exists (the 'wait' of
+    localist.faults): the test decides when that trial may go on instead of racing the sweep."""
+    return {"LOCALIST_FAULT": f"wait@{step}:{until}#{trial_id}"}
+
+
+def progress_step(sweep: Path, run_id: str) -> int:
+    """The step of a trial's latest progress record (-1: none yet)."""
+    f = sweep / "trials" / run_id / "progress.json"
+    return json.loads(f.read_text())["step"] if f.exists() else -1
+
+
 def attempts(sweep: Path) -> dict[str, int]:
     return {d.name: len(list((d / "attempts").glob("*.json"))) for d in (sweep / "trials").iterdir()}
 
@@ -87,3 +99,44 @@ def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
                 if v.HasField("simple_value"):
                     out.setdefault(v.tag, []).append((event.step, v.simple_value))
     return out
+
+
+def wandb_runs(folder: Path) -> list[dict]:
+    """The offline W&B runs under `folder` (a wandb.init dir): name, project, group, config and history
+    rows of each, read from its run-<id>.wandb file without W&B's service or the network. The file is
+    W&B's transaction log: a 7-byte header, then LevelDB log blocks of 32 KiB holding protobuf Records
+    in chunks (type 1 whole, 2 first, 3 middle, 4 last), each behind a 7-byte checksum/length/type header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    def records(data: bytes):
+        assert data[:4] == b":W&B", data[:7]
+        i, parts, block = 7, b"", 32768
+        while i + 7 <= len(data):
+            if block - i % block < 7:  # no room for a header: the rest of the block is padding
+                i += block - i % block
+                continue
+            _, n, kind = struct.unpack("<IHB", data[i:i + 7])
+            chunk, i = data[i + 7:i + 7 + n], i + 7 + n
+            if kind in (1, 2):
+                parts = chunk
+            elif kind in (3, 4):
+                parts += chunk
+            if kind in (1, 4):
+                yield parts
+
+    runs = []
+    for f in sorted(folder.glob("wandb/offline-run-*/run-*.wandb")):
+        run: dict = {"config": {}, "history": []}
+        for data in records(f.read_bytes()):
+            r = pb.Record.FromString(data)
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                run.update(name=r.run.display_name, project=r.run.project, group=r.run.run_group)
+                run["config"].update({c.key: json.loads(c.value_json) for c in r.run.config.update})
+            elif kind == "config":
+                run["config"].update({c.key: json.loads(c.value_json) for c in r.config.update})
+            elif kind == "history":
+                run["history"].append({"/".join(h.nested_key) or h.key: json.loads(h.value_json)
+                                       for h in r.history.item})
+        runs.append(run)
+    return runs

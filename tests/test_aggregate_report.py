@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import math
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -225,6 +226,15 @@ def test_terminal_table_and_return_value(known, tmp_path):
     assert "peak-0 (all schedules)" in text and "uniform-strict" in text and "peak-1/quintic" in text
     assert "excluded 4 trial(s)" in text
     assert set(out) >= {"cells", "layers", "report", "excluded"}
+    table = text.split("\nwrote: ")[0].splitlines()  # the table and its footnotes, before the files written
+    assert max(len(line) for line in table) <= 120
+    quintic = next(line for line in table if line.startswith("peak-1/quintic"))
+    mark = quintic.split()[-1]  # the note column holds a footnote number
+    assert re.fullmatch(r"\[\d\]", mark)
+    footnote = " ".join(line.strip() for line in table[table.index(next(x for x in table if x.startswith(mark))):])
+    assert footnote.startswith(f"{mark} 1 excluded (errored 1); paired on 2 of 3 seeds")
+    shared = [line.split()[-1] for line in table if line.startswith(("peak-0.5/quintic", "peak-1/linear", "uniform"))]
+    assert len(set(shared)) == 1 and sum(x.startswith(shared[0] + " ") for x in table) == 1  # one note, one number
 
 
 def test_baseline_choice_and_errors(tmp_path):

@@ -119,11 +119,14 @@ NAMED_IN = {  # file name -> the one module that spells it (everyone else uses i
                      "error.json", "values.json", "stopped.json"), "localist/trial_files.py"),
     **dict.fromkeys(("trials.parquet", "search.parquet", "sweep.yaml", "driver.json", ".driver.lock", "_rounds.json",
                      "tune-search", "tune-seed", "checkpoint_", "provenance.json", "report.html",
-                     "ratio_heatmap.png", "EMPTIED"), "orchestrator/layout.py"),
+                     "ratio_heatmap.png", "EMPTIED", "mlflow.db"), "orchestrator/layout.py"),
+    "localist_trial.json": "localist/model.py",  # a saved model's folder (its card, README.md: localist/model_card.py)
+    **dict.fromkeys(("inspect.html", "inspect.json", "attention-layers.png"), "localist/inspection.py"),
 }
 FOLDERS_IN = {  # a folder name -> the one module that spells it and may join it (io.join, os.path.join)
     **dict.fromkeys(("attempts", "checkpoint"), "localist/trial_files.py"),
-    **dict.fromkeys(("trials", "results", "summary", "tune", "search", "logs", "mlflow", "wandb"), "orchestrator/layout.py"),
+    **dict.fromkeys(("trials", "results", "summary", "tune", "search", "logs", "mlflow", "mlflow-artifacts", "wandb"),
+                    "orchestrator/layout.py"),
 }
 def _sources() -> dict[str, ast.Module]:
     out = {}

@@ -3,9 +3,11 @@
 The multi-node test starts a head and a worker node as separate `ray start --block` processes
 (1 CPU each, so a sweep running two trials at once must use both), with Ray token authentication
 on and every HTTP server bound to loopback, plus an S3-compatible server (moto, over HTTP on
-127.0.0.1). It submits a shrunken quick sweep with `localist submit --follow` and checks that
-trials ran on both nodes and that results and report landed in S3. The S3 credentials reach the
-trials only through the job's runtime environment: the cluster is started without them.
+127.0.0.1). It submits a shrunken quick sweep with `localist submit --follow`, holds every trial
+before its first step until two have started (so two ran at once: one on each node, whatever
+order Ray and Tune start them in), and checks that results and report landed in S3. The S3
+credentials reach the trials only through the job's runtime environment: the cluster is started
+without them.
 
 Loopback note: Ray 2.60's `ray start` rewrites --node-ip-address=127.0.0.1 (and localhost) to the
 machine's outward address, so the nodes use 127.0.0.2, which is loopback and kept as given. Ray's
@@ -35,6 +37,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_tree
+from tests.helpers import wait_for
 from tests.test_s3_storage import BUCKET, moto_s3  # noqa: F401 - the S3 server fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,12 +194,8 @@ def client_env(cluster, s3_env) -> dict:
             "PYTHONPATH": str(REPO)}
 
 
-def shrunken_quick(folder: Path, steps: int = 480) -> Path:
-    """sweeps/quick.yaml with the tiny test model and 2 peaks x 2 schedules x 1 seed + its comparator.
-
-    Trials last several seconds: Tune reuses a finished trial's actor, so with very short trials
-    the first actor can run them all before the second node's actor has imported torch.
-    """
+def shrunken_quick(folder: Path, steps: int = 40) -> Path:
+    """sweeps/quick.yaml with the tiny test model and 2 peaks x 2 schedules x 1 seed + its comparator."""
     spec = yaml.safe_load((REPO / "sweeps" / "quick.yaml").read_text())
     spec["base"] = tiny_tree(train={"steps": steps, "eval_every": steps // 2, "log_every": steps // 2})
     spec["grid"]["configuration"] = {k: spec["grid"]["configuration"][k] for k in ("peak-0", "peak-1")}
@@ -205,6 +204,20 @@ def shrunken_quick(folder: Path, steps: int = 480) -> Path:
     path = folder / "quick.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def started_trials(fs) -> dict[str, str]:
+    """run id -> the node its first attempt started on, for the trials of the test's sweep on S3."""
+    import pyarrow.fs as pafs
+
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/sweeps/quick/trials", recursive=True,
+                                                   allow_not_found=True)):
+        parts = info.path.split("/")
+        if info.type == pafs.FileType.File and parts[-2:] == ["attempts", "001.json"]:
+            with fs.open_input_stream(info.path) as f:
+                out[parts[-3]] = json.loads(f.read())["node_id"]
+    return out
 
 
 def test_submit_follow_runs_on_both_nodes_into_s3(cluster, moto_s3, tmp_path):
@@ -216,14 +229,27 @@ def test_submit_follow_runs_on_both_nodes_into_s3(cluster, moto_s3, tmp_path):
     assert listening_on(cluster.dash) == {"0100007F"}  # the dashboard / Jobs API on 127.0.0.1 only
     shrunken_quick(tmp_path)
     env = client_env(cluster, s3_env)
+    go = tmp_path / "go"  # every trial waits before its first step until this file exists
     t0 = time.time()
-    proc = subprocess.run(CLI + ["submit", "quick.yaml", "--address", cluster.address, "--follow"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=240)
-    out = proc.stdout + proc.stderr
+    proc = subprocess.Popen(CLI + ["submit", "quick.yaml", "--address", cluster.address, "--follow",
+                                   "--env", f"LOCALIST_FAULT=wait@1:{go}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Two trials started, neither can finish: with 1 CPU per node and per trial they run on both nodes.
+        assert wait_for(lambda: len(started_trials(fs)) >= 2, 180, proc), "two trials never ran at once"
+        first = started_trials(fs)
+        go.touch()
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+    out = stdout + stderr
     assert proc.returncode == 0, out[-5000:]
-    job = re.search(r"^job: (\S+)", proc.stdout, re.M).group(1)
+    job = re.search(r"^job: (\S+)", stdout, re.M).group(1)
     assert "sweep run quick.yaml --address auto" in out
     print(f"\nsubmit --follow: {time.time() - t0:.1f}s")
+    assert len(first) == 2 and set(first.values()) == {n["node_id"] for n in nodes}  # one on each node
 
     trials = pq.read_table(f"{BUCKET}/sweeps/quick/results/trials.parquet", filesystem=fs).to_pandas()
     assert len(trials) == 5 and set(trials.status) == {"completed"}

@@ -3,18 +3,22 @@ that vanishes mid-sweep or is read-only, and two drivers on one sweep."""
 
 import json
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from localist import io
-from tests.helpers import CLI, attempts, env, kill_session, wait_for, write_sweep
+from tests.helpers import CLI, attempts, env, held, kill_session, progress_step, wait_for, write_sweep
+from tests.test_s3_storage import moto_s3, s3_env  # noqa: F401 - the S3 server fixtures
 
 # What legitimately differs between two runs of the same trial: timing, memory and provenance.
 VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s"}
 STEPS, CKPT = 100, 10
+HELD = "uniform-strict__s1"  # the last of the sweeps' runs to start (two run at once): tests hold it
 
 
 def sweep_file(tmp_path, name, store, **kw):
@@ -58,15 +62,14 @@ def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_
     assert crashed.returncode == -9
     assert (sweep / "sweep.yaml").exists() and not (sweep / "trials").exists()
 
-    # 2. killed with trials running (driver and its local Ray, all at once)
-    proc = subprocess.Popen(CLI + ["sweep", "resume", str(sweep)], env=env(LOCALIST_CACHE=cache),
+    # 2. killed with trials running (driver and its local Ray, all at once); one of them, started
+    # after the first two, is held at step 45 until the kill (so it is killed mid-run, not finished)
+    proc = subprocess.Popen(CLI + ["sweep", "resume", str(sweep)],
+                            env=env(LOCALIST_CACHE=cache, **held(HELD, 46, tmp_path / "never")),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def mid_sweep():
-            progress = [json.loads(p.read_text()) for p in sweep.glob("trials/*/progress.json")
-                        if not (p.parent / "trial.parquet").exists()]
-            done = list(sweep.glob("trials/*/trial.parquet"))
-            return len(done) >= 1 and any(15 <= p["step"] < STEPS - 5 for p in progress)
+            return any(sweep.glob("trials/*/trial.parquet")) and progress_step(sweep, HELD) == 45
         assert wait_for(mid_sweep, 240, proc)
     finally:
         kill_session(proc)
@@ -91,15 +94,23 @@ def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_
         same_content(mine, pd.read_parquet(reference / "results" / f"{kind}.parquet"), key)
 
 
-def test_failing_and_diverging_trials(reference, tmp_path):
-    f = sweep_file(tmp_path, "rel", tmp_path / "store")
-    sweep = tmp_path / "store" / "rel"
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory):
+    """A sweep with a trial that fails once, one that fails every attempt (after two checkpoints:
+    its Tune folder keeps checkpoint_000001, of step 20) and one that diverges."""
+    root = tmp_path_factory.mktemp("faulted")
+    f = sweep_file(root, "rel", root / "store")
     faults = ",".join([
-        f"raise@13:{tmp_path / 'once'}#peak-1__linear__s1",  # fails once: retried from step 10
-        "raise@5#peak-1__quintic__s1",  # fails on every attempt: errored
+        f"raise@13:{root / 'once'}#peak-1__linear__s1",  # fails once: retried from step 10
+        "raise@25#peak-1__quintic__s1",  # fails on every attempt: errored
         "nan@7#uniform-strict__s1",  # a NaN loss: diverged
     ])
     proc = run_cli(["sweep", "run", str(f)], LOCALIST_FAULT=faults)
+    return root / "store" / "rel", proc
+
+
+def test_failing_and_diverging_trials(reference, faulted):
+    sweep, proc = faulted
     assert proc.returncode == 1, proc.stderr[-3000:]  # not every trial has a result
     trials = pd.read_parquet(sweep / "results" / "trials.parquet").set_index("trial_id")
     ref = pd.read_parquet(reference / "results" / "trials.parquet").set_index("trial_id")
@@ -111,7 +122,7 @@ def test_failing_and_diverging_trials(reference, tmp_path):
     assert [json.loads(a.read_text())["from_checkpoint"] for a in retried] == [False, True]
 
     errored = trials.loc["peak-1__quintic__s1"]
-    assert errored.status == "errored" and "injected fault at step 5" in errored.error
+    assert errored.status == "errored" and "injected fault at step 25" in errored.error
     assert np.isnan(errored.eval_ppl)
     assert len(list((sweep / "trials" / "peak-1__quintic__s1" / "attempts").glob("*.json"))) == 2  # 1 + retries
 
@@ -135,10 +146,100 @@ def test_failing_and_diverging_trials(reference, tmp_path):
     assert "errored" in status.stdout and "injected fault" in status.stdout and "diverged" in status.stdout
 
 
+ERRORED = "peak-1__quintic__s1"  # the faulted sweep's trial that failed every attempt, at step 25
+
+
+def torn_copy(faulted, tmp_path) -> Path:
+    """A copy of the faulted sweep whose Tune state names a checkpoint gone from storage, with a
+    newer whole one there: as a driver killed after Tune deleted a trial's older checkpoint (while
+    registering the next) but before it saved its experiment state leaves it. Made on purpose:
+    the errored trial's checkpoint_000001 (step 20), which the state names, becomes checkpoint_000002."""
+    copy = tmp_path / "rel"
+    shutil.copytree(faulted[0], copy)
+    trial = copy / "tune" / ERRORED
+    (trial / "checkpoint_000001").rename(trial / "checkpoint_000002")
+    return copy
+
+
+def test_resume_continues_from_the_newest_checkpoint_on_storage(reference, faulted, tmp_path):
+    """Issue 23: such a trial failed every retry of `resume` ('Could not recover from checkpoint as it
+    does not exist on storage anymore'). Now it continues from the newest whole checkpoint."""
+    sweep = torn_copy(faulted, tmp_path)
+    before = attempts(sweep)
+    proc = run_cli(["sweep", "resume", str(sweep), "--no-aggregate"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (f"[sweep] {ERRORED}: Tune's saved state names checkpoint_000001, which is gone from storage: "
+            "it resumes from checkpoint_000002 (step 20)") in proc.stdout
+    trials = pd.read_parquet(sweep / "results" / "trials.parquet").set_index("trial_id")
+    ref = pd.read_parquet(reference / "results" / "trials.parquet").set_index("trial_id")
+    assert trials.loc[ERRORED, "status"] == "completed"
+    assert trials.loc[ERRORED, "eval_loss"] == pytest.approx(ref.loc[ERRORED, "eval_loss"], rel=1e-6)
+    assert attempts(sweep) == {**before, ERRORED: before[ERRORED] + 1}  # nothing else ran again
+    assert json.loads((sweep / "trials" / ERRORED / "attempts" / "003.json").read_text())["from_checkpoint"]
+    assert f"[{ERRORED}] resumed from step 20" in proc.stdout
+    steps = pd.read_parquet(sweep / "trials" / ERRORED / "steps.parquet")
+    assert not steps.duplicated(["split", "step"]).any() and steps.step.max() == STEPS
+
+
+def saved_trial(tune_uri: str, name: str):
+    """The trial `name` as Tune restores it from the experiment's newest saved state."""
+    from ray.tune.experiment.trial import Trial
+
+    from orchestrator.sweep import tune_state
+
+    for trial_json, meta_json in json.loads(io.read_text(tune_state.newest(tune_uri)))["trial_data"]:
+        if json.loads(trial_json)["relative_logdir"] == name:
+            trial = Trial.from_json_state(trial_json, stub=True)
+            trial.restore_run_metadata(meta_json)
+            return trial
+    raise AssertionError(f"no trial {name} in the saved state")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_mended_state_names_the_newest_whole_checkpoint(faulted, tmp_path, where, request):
+    """Before `Tuner.restore`, each trial Tune will resume is pointed at its newest checkpoint on
+    storage that is whole (a copy cut short is passed over), or at none; its next checkpoint gets
+    a folder of its own. On local paths and on S3."""
+    import pyarrow.fs as pafs
+
+    from orchestrator.sweep import tune_state
+
+    sweep = torn_copy(faulted, tmp_path)
+    newer = sweep / "tune" / ERRORED / "checkpoint_000003"  # the next one, its copy cut short by the kill
+    shutil.copytree(newer.parent / "checkpoint_000002", newer)
+    (newer / "model.safetensors").write_bytes((newer / "model.safetensors").read_bytes()[:1000])
+    tune_uri = str(sweep / "tune")
+    if where == "s3":
+        from tests.test_s3_storage import BUCKET
+
+        _, fs = request.getfixturevalue("s3_env")
+        pafs.copy_files(tune_uri, f"{BUCKET}/mend/tune", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        tune_uri = f"s3://{BUCKET}/mend/tune"
+    said = []
+    assert tune_state.mend(tune_uri, said.append) == [ERRORED]
+    assert said == [f"[sweep] {ERRORED}: Tune's saved state names checkpoint_000001, which is gone from storage: "
+                    "it resumes from checkpoint_000002 (step 20)"]
+    trial = saved_trial(tune_uri, ERRORED)
+    latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+    assert latest.checkpoint.path.endswith(f"/{ERRORED}/checkpoint_000002") and latest.metrics["step"] == 20
+    assert trial.storage.current_checkpoint_index == 3  # the next is checkpoint_000004
+    state = io.read_text(tune_state.newest(tune_uri))
+    assert tune_state.mend(tune_uri, said.append) == [] and io.read_text(tune_state.newest(tune_uri)) == state
+
+    io.delete(io.join(tune_uri, ERRORED, "checkpoint_000002"))  # no whole checkpoint left
+    assert tune_state.mend(tune_uri, said.append) == [ERRORED]
+    assert said[-1] == (f"[sweep] {ERRORED}: Tune's saved state names checkpoint_000002, which is gone from "
+                        "storage, and no whole checkpoint is left: it starts again from step 0")
+    trial = saved_trial(tune_uri, ERRORED)
+    assert trial.run_metadata.checkpoint_manager.latest_checkpoint_result is None
+    assert trial.storage.current_checkpoint_index == 3
+
+
 def test_storage_vanishing_mid_sweep_keeps_finished_trials(tmp_path):
     store = tmp_path / "store"
     f = write_sweep(tmp_path / "v.yaml", "v", store, steps=100, checkpoint_every=10, log_every=5)
-    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.PIPE,
+    go = tmp_path / "go"  # a trial is held until the storage has gone: the sweep cannot end before
+    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(**held(HELD, 46, go)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert wait_for(lambda: len(list(store.glob("v/trials/*/trial.parquet"))) >= 1, 240, proc)
@@ -151,6 +252,7 @@ def test_storage_vanishing_mid_sweep_keeps_finished_trials(tmp_path):
                 break
             except (IsADirectoryError, OSError):
                 store.rename(tmp_path / f"recreated-{i}")
+        go.touch()
         out, err = proc.communicate(timeout=240)
     finally:
         kill_session(proc)
@@ -204,8 +306,9 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
 
 def test_second_driver_on_the_same_sweep_is_refused(tmp_path):
     f = write_sweep(tmp_path / "c.yaml", "c", tmp_path / "store", steps=100, log_every=5)
-    first = subprocess.Popen(CLI + ["sweep", "run", str(f), "--no-aggregate"], env=env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    go = tmp_path / "go"  # a trial is held until both refusals are seen: the first driver is still running then
+    first = subprocess.Popen(CLI + ["sweep", "run", str(f), "--no-aggregate"], env=env(**held(HELD, 46, go)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert wait_for(lambda: list(tmp_path.glob("store/c/trials/*/progress.json")), 240, first)
         second = run_cli(["sweep", "run", str(f)], timeout=120)
@@ -213,6 +316,7 @@ def test_second_driver_on_the_same_sweep_is_refused(tmp_path):
         assert "already being run by pid" in second.stderr and str(first.pid) in second.stderr
         resumed = run_cli(["sweep", "resume", str(tmp_path / "store" / "c")], timeout=120)
         assert resumed.returncode == 2 and "already being run" in resumed.stderr
+        go.touch()
         _, err = first.communicate(timeout=240)
         assert first.returncode == 0, err[-3000:]
     finally:

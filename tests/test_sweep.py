@@ -4,6 +4,7 @@ by row, dedup, status, idempotent collect, and a driver killed mid-sweep then re
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 import yaml
 
 from localist.data import _kjv
+from localist.trainer import checkpoint_step
 from orchestrator.sweep import status
 from orchestrator.cli import main
-from tests.helpers import CLI, attempts, env, kill_session, tensorboard_scalars, wait_for, write_sweep
+from tests.helpers import CLI, attempts, env, held, kill_session, progress_step, tensorboard_scalars, wait_for, \
+    wandb_runs, write_sweep
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -26,14 +29,17 @@ def finished(tmp_path_factory):
                 description="a tiny real sweep of the tests", save_model=True,
                 checkpoint_every=6,  # a checkpoint makes Ray and Accelerate print their routine lines; keep 1,
                                      # removed when each run completes
-                tracking={"mlflow": {}})  # MLflow's default: a file store inside the sweep
-    proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(), capture_output=True, text=True,
+                tracking={"mlflow": {}, "wandb": {"mode": "offline"}})  # MLflow's default: SQLite in the sweep
+    wandb_home = {f"WANDB_{k}_DIR": str(root / "wandb-home" / k.lower()) for k in ("CONFIG", "CACHE", "DATA")}
+    proc = subprocess.run(CLI + ["sweep", "run", "tiny.yaml"], env=env(**wandb_home), capture_output=True, text=True,
                           timeout=400, cwd=root)  # relative storage and corpus, as in sweeps/quick.yaml
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "store" / "tiny", proc.stdout + proc.stderr
 
 
 def test_completed_runs_keep_no_checkpoints_and_saved_models_reproduce_eval_loss(finished, monkeypatch):
+    from huggingface_hub import ModelCard
+
     from localist.config import TrialConfig
     from localist.model import load_localist
     from localist.trainer import Trainer
@@ -59,6 +65,9 @@ def test_completed_runs_keep_no_checkpoints_and_saved_models_reproduce_eval_loss
         assert trainer.evaluate() == pytest.approx(want, abs=1e-5)
         text = "In the beginning God created the heaven and the earth."
         assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == trainer.data.tokenizer.encode(text).ids
+        card = ModelCard.load(folder / "README.md")  # the model card names the sweep and run it came from
+        assert f"sweep `tiny`, run `{run}` (folder `{sweep}`)" in card.text
+        assert {r.metric_type: r.metric_value for r in card.data.eval_results}["loss"] == pytest.approx(want, abs=1e-6)
 
 
 def test_consolidated_results_row_by_row(finished):
@@ -100,7 +109,8 @@ def test_consolidated_results_row_by_row(finished):
 
 ROUTINE = ["Removed shared tensor", "Checkpoint successfully created at", "RAY_DEDUP_LOGS", "repeated",
            "Started a local Ray instance", "Configuration for experiment", "View detailed results here",
-           "To visualize your results", "Wrote the latest version of all result files", "Trial status"]
+           "To visualize your results", "Wrote the latest version of all result files", "Trial status",
+           "Creating initial MLflow database tables"]
 
 
 def test_console_has_trial_progress_and_no_routine_ray_or_accelerate_lines(finished):
@@ -139,12 +149,19 @@ def test_live_metrics_in_tune_tensorboard_and_mlflow(finished, monkeypatch):
         scalars = tensorboard_scalars(tune_dir / run)
         assert [s for s, _ in scalars["ray/tune/eval_loss"]] == evals.step.tolist() == [6, 12]
         assert [v for _, v in scalars["ray/tune/eval_loss"]] == pytest.approx(evals.loss.tolist(), rel=1e-6)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    # MLflow: the store the console names, read as printed by a plain client, no environment variable set
+    printed = re.search(r"\[sweep\] MLflow: (.*)", log).group(1)
+    assert printed == f"mlflow ui --backend-store-uri sqlite:///{sweep / 'mlflow.db'}"
+    for var in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"file://{sweep / 'mlflow'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    client = MlflowClient(tracking_uri=printed.split()[-1])
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.artifact_location == f"file://{sweep / 'mlflow-artifacts'}"  # inside the sweep
+    runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == RUNS
+    assert not (sweep / "mlflow").exists() and not (sweep.parent.parent / "mlruns").exists()
     for r in runs:
         cfg = yaml.safe_load((sweep / "sweep.yaml").read_text())
         assert r.data.params["trial_id"] == r.info.run_name and r.data.params["data.seq_len"] == "64"
@@ -154,6 +171,24 @@ def test_live_metrics_in_tune_tensorboard_and_mlflow(finished, monkeypatch):
         assert [m.step for m in history] == [6, 12]
         own = pd.read_parquet(sweep / "trials" / r.info.run_name / "trial.parquet").iloc[0]
         assert history[-1].value == pytest.approx(own.eval_loss)
+
+
+def test_wandb_offline_runs_hold_each_trials_config_and_eval_history(finished):
+    """tracking: {wandb: {mode: offline}}: one W&B run per trial in <sweep>/wandb, read back from its
+    run file (nothing was sent anywhere)."""
+    sweep, log = finished
+    assert f"[sweep] W&B: runs under {sweep / 'wandb'}" in log
+    runs = wandb_runs(sweep / "wandb")
+    assert sorted(r["name"] for r in runs) == RUNS
+    for r in runs:
+        assert r["project"] == "tiny" and r["config"]["trial_id"] == r["name"]
+        assert r["config"]["data.seq_len"] == 64 and r["config"]["train.steps"] == 12
+        assert r["config"]["locality.peak"] == (0.0 if r["name"].startswith("peak-0") else 1.0)
+        evals = [(h["timesteps_total"], h["eval_loss"]) for h in r["history"] if "eval_loss" in h]
+        own = pd.read_parquet(sweep / "trials" / r["name"] / "steps.parquet")
+        own = own[own.split == "eval"]
+        assert [s for s, _ in evals] == own.step.tolist() == [6, 12]
+        assert [v for _, v in evals] == pytest.approx(own.loss.tolist(), rel=1e-6)
 
 
 def test_watch_table_and_partial_aggregate(finished, capsys):
@@ -232,17 +267,13 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     f = write_sweep(tmp_path / "crash.yaml", "crash", tmp_path / "store", steps=100, checkpoint_every=10,
                     log_every=5, eval_every=20)
     sweep = tmp_path / "store" / "crash"
-    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    held_run = "uniform-strict__s1"  # started after the first two runs, held at step 45 until the kill
+    proc = subprocess.Popen(CLI + ["sweep", "run", str(f)], env=env(**held(held_run, 46, tmp_path / "never")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def mid_sweep():
-            trials = sweep / "trials"
-            if not trials.exists():
-                return False
-            done = list(trials.glob("*/trial.parquet"))
-            running = [p for p in trials.glob("*/progress.json")
-                       if not (p.parent / "trial.parquet").exists() and 20 <= json.loads(p.read_text())["step"] <= 70]
-            return len(done) >= 1 and len(running) >= 1 and mid_run_eval_in_status()
+            done = list(sweep.glob("trials/*/trial.parquet"))
+            return len(done) >= 1 and progress_step(sweep, held_run) == 45 and mid_run_eval_in_status()
 
         def mid_run_eval_in_status():
             """`sweep status` now shows a running trial's latest eval loss (from its partial steps.parquet)."""
@@ -267,6 +298,10 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     finished_before = {p.parent.name for p in (sweep / "trials").glob("*/trial.parquet")}
     assert 1 <= len(finished_before) < 4
     assert not (sweep / "results").exists()
+    # the step of each interrupted trial's newest whole checkpoint on storage (None: none there)
+    saved = {d.name: max((s for c in (sweep / "tune" / d.name).glob("checkpoint_*")
+                          if (s := checkpoint_step(str(c))) is not None), default=None)
+             for d in (sweep / "trials").iterdir() if d.name not in finished_before}
 
     proc = subprocess.run(CLI + ["sweep", "resume", str(sweep)], env=env(), capture_output=True, text=True,
                           timeout=400)
@@ -278,9 +313,11 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     assert all(starts[t] == 1 for t in finished_before)  # finished trials were not run again
     assert sum(starts.values()) <= 4 + (4 - len(finished_before))
     assert len(starts) == 4
-    # Whether an interrupted trial restarts from its checkpoint depends on whether Tune's state
-    # snapshot recorded that checkpoint before the kill (usually, not always); a retry within a
-    # living driver always does (tests/test_reliability.py::test_failing_and_diverging_trials).
+    for run, step in saved.items():  # each continues from its newest checkpoint, whatever Tune's state named
+        resumed = json.loads((sweep / "trials" / run / "attempts" / f"{starts[run]:03d}.json").read_text())
+        assert resumed["from_checkpoint"] == (step is not None), (run, step)
+        if step is not None:
+            assert f"[{run}] resumed from step {step}" in proc.stdout
     steps = pd.read_parquet(sweep / "results" / "steps.parquet")
     assert steps.groupby(["trial_id", "split", "step"]).size().max() == 1  # nothing duplicated
     assert (steps.groupby("trial_id").step.max() == 100).all()
@@ -365,3 +402,29 @@ def test_resume_of_a_copied_sweep_folder_stays_in_the_copy(finished):
     assert set(attempts(copy).values()) == {1}  # nothing ran again
     assert (sweep / "results" / "trials.parquet").stat().st_mtime_ns == before  # the original is untouched
     assert len(pd.read_parquet(copy / "results" / "trials.parquet")) == 5
+
+
+def test_scale_benchmark_reads_what_trials_record(finished):
+    """What benchmarks/scale.py reads is recorded by a real sweep: each trial's setup timings, report and
+    output seconds, when its first step ended; and its counters see every storage call of status/collect."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import scale
+    from orchestrator.spec import expand, runs
+
+    sweep, _ = finished
+    rows = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
+    assert rows and all(r["status"] == "completed" for r in rows)
+    for r in rows:
+        assert all(r[c] >= 0 for c in scale.TIMING_COLUMNS), r
+        assert r["first_step_at"] > 1e9 and r["setup_model_s"] > 0 and r["outputs_s"] > 0
+    reads = scale._reads(str(sweep), with_aggregate=False)
+    n_runs = len(runs(expand(scale.layout_spec(str(sweep)))))
+    assert reads["status_calls"]["list"] <= 3  # trials/ listed once, not once per run
+    assert reads["collect_calls"]["read"] >= 4 * n_runs and reads["collect_s"] > 0
+    files, trial_files, by_folder = scale._objects(str(sweep))
+    assert files > trial_files > 0 and by_folder["trials"] == trial_files
+    starts = scale._worker_starts(str(sweep), pq.read_table(sweep / "results" / "trials.parquet").to_pandas())
+    assert starts["workers"] >= 1 and len(starts["ends"]) == n_runs
+    growth, a, b = scale.rss_growth([(0.0, 100.0), (10.0, 110.0), (20.0, 120.0)], [float(x) for x in range(1, 21)])
+    assert a == 100.0 and b == 120.0 and growth == pytest.approx(20 / 17)

@@ -1,5 +1,6 @@
 """Real tiny trials through the Accelerate loop: outputs, determinism, locality, resume, hub loading."""
 
+import json
 import math
 
 import pandas as pd
@@ -92,6 +93,48 @@ def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, mon
     # a train-loss window that spans the checkpoint (steps 9-12) is carried across the resume
     pd.testing.assert_frame_equal(steps.drop(columns="elapsed_s"), clean_steps.drop(columns="elapsed_s"),
                                   rtol=1e-6)
+
+
+def test_a_checkpoint_copied_in_part_is_not_whole(tiny_config, tmp_path):
+    """A checkpoint's state file lists its other files with their sizes: a copy cut short (a file
+    missing or short) reads as not whole, as does a checkpoint whose state lists nothing."""
+    from localist.trainer import STATE_FILE, checkpoint_step
+
+    trainer = Trainer(tiny_config(), str(tmp_path / "out"), log=lambda *_: None)
+    trainer.step = 7
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    trainer.save_checkpoint(str(d))
+    assert checkpoint_step(str(d)) == 7
+    model = d / "model.safetensors"
+    data = model.read_bytes()
+    model.write_bytes(data[:-1])
+    assert checkpoint_step(str(d)) is None
+    model.unlink()
+    assert checkpoint_step(str(d)) is None
+    model.write_bytes(data)
+    state = json.loads((d / STATE_FILE).read_text())
+    (d / STATE_FILE).write_text(json.dumps({k: v for k, v in state.items() if k != "files"}))
+    assert checkpoint_step(str(d)) is None
+    (d / STATE_FILE).write_text(json.dumps(state)[:50])
+    assert checkpoint_step(str(d)) is None and checkpoint_step(str(tmp_path / "nothing")) is None
+
+
+def test_wait_fault_holds_a_step_until_its_file_exists(tmp_path, monkeypatch):
+    import threading
+
+    from localist import faults
+
+    go = tmp_path / "go"
+    monkeypatch.setenv("LOCALIST_FAULT", f"wait@3:{go}#t")
+    assert faults.check(3, "other") is None and faults.check(2, "t") is None  # not its step or trial
+    held = threading.Thread(target=faults.check, args=(3, "t"), daemon=True)
+    held.start()
+    held.join(0.3)
+    assert held.is_alive()  # it returns only once the file exists
+    go.touch()
+    held.join(30)
+    assert not held.is_alive()
 
 
 def test_metrics_at_each_log_and_eval_and_partial_files(tiny_config, tmp_path):

@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from localist.outputs import POSITION_LABELS  # noqa: E402
 from orchestrator import layout  # noqa: E402
 from orchestrator.analysis.cells import KEYS, is_null, schedule_order  # noqa: E402
 from orchestrator.analysis.formatting import fmt  # noqa: E402
@@ -34,8 +35,6 @@ RATIO_HEATMAP, RATIO_BY_PEAK, POSITIONS, LAYERS, CURVES, ATTENTION = layout.REPO
 MIN_RATIO_HALF_RANGE = 0.05  # ratio colour maps span at least 0.95-1.05
 FONTS = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
          "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 11}
-POSITION_LABELS = {"eval_loss_pos1": "first token of its block", "eval_loss_pos2_4": "positions 2-4",
-                   "eval_loss_pos5p": "positions 5+"}
 
 
 def _line_specs(cells: pd.DataFrame, baseline: str, focus: str) -> list[dict]:

@@ -3,6 +3,8 @@ printed, which rows the eval-perplexity headline shows, and the terminal's headl
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 
@@ -33,16 +35,22 @@ def headline_rows(cells: pd.DataFrame, metric: str = "eval_ppl") -> pd.DataFrame
     return rows.reset_index(drop=True)
 
 
+WIDTH = 120  # the terminal table's lines, footnotes included, fit this many columns
+
+
 def terminal_table(cells: pd.DataFrame, baseline: str, excluded: pd.DataFrame) -> str:
-    """The eval-perplexity headline as aligned plain text, with the excluded trials counted."""
+    """The eval-perplexity headline as aligned plain text, with the excluded trials counted. Notes are
+    numbered footnotes under the table (one number per distinct note), so no line passes WIDTH columns."""
     rows = headline_rows(cells)
     table = [("cell", "n", "eval_ppl", "95% CI", "ratio", "ratio 95% CI", "p_holm", "d_z", "note")]
+    notes: dict[str, int] = {}
     for r in rows.itertuples(index=False):
         ratio = "baseline" if r.is_baseline else fmt(r.ratio_mean, 3)
         ratio_ci = "" if r.is_baseline else f"[{fmt(r.ratio_ci_low, 3)}, {fmt(r.ratio_ci_high, 3)}]"
+        note = "" if r.is_baseline or not str(r.note or "") else str(r.note)
+        mark = f"[{notes.setdefault(note, len(notes) + 1)}]" if note else ""
         table.append((r.label, str(r.n_seeds), fmt(r.mean), f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]",
-                      ratio, ratio_ci, fmt_p(r.p_holm), fmt(r.d_z),
-                      "" if r.is_baseline else str(r.note)))
+                      ratio, ratio_ci, fmt_p(r.p_holm), fmt(r.d_z), mark))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = [f"eval_ppl against baseline {baseline!r} (same seed; p: paired t-test, Holm)"]
     for j, row in enumerate(table):
@@ -50,7 +58,10 @@ def terminal_table(cells: pd.DataFrame, baseline: str, excluded: pd.DataFrame) -
         lines.append("  ".join(cols).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
+    for note, n in notes.items():
+        lines += textwrap.wrap(note, WIDTH, initial_indent=f"[{n}] ", subsequent_indent=" " * (len(str(n)) + 3))
     if len(excluded):
         counts = excluded["reason"].value_counts().sort_index()
-        lines.append(f"excluded {len(excluded)} trial(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        lines += textwrap.wrap(f"excluded {len(excluded)} trial(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+                               WIDTH, subsequent_indent="    ")
     return "\n".join(lines)

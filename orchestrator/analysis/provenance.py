@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from localist import io as lio
+from localist.code_version import git_commit
 from orchestrator import layout
 from orchestrator.analysis.paper import scale_gap
 
@@ -53,23 +52,6 @@ def _values(df: pd.DataFrame, col: str):
         return None
     vals = sorted(vals, key=lambda v: (str(type(v)), v))
     return vals[0] if len(vals) == 1 else vals
-
-
-def git_commit() -> str | None:
-    """HEAD of the repository holding this code (else the working directory), '+dirty' when
-    tracked files differ from it; None without git or a repository."""
-    for where in (Path(__file__).resolve().parents[1], Path.cwd()):
-        try:
-            head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
-                                  text=True, timeout=10)
-            if head.returncode != 0:
-                continue
-            dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10)
-            return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-        except (OSError, subprocess.SubprocessError):
-            return None
-    return None
 
 
 def _spec(sweep_uri: str) -> dict:

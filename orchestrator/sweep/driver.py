@@ -129,11 +129,13 @@ class _Progress(threading.Thread):
 
 def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[[str], None] = print,
         aggregate: bool = True, progress_every: float = 20.0, sweep_uri: str | None = None,
-        verbose: bool = False) -> int:
+        verbose: bool = False, trial_lines: bool | None = None) -> int:
     """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result.
 
     sweep_uri overrides <storage>/<name> (resume of a sweep folder that was renamed or copied).
     verbose: Ray's own console output instead of the quiet one (see orchestrator/sweep/console.py).
+    trial_lines: each trial's progress lines on the console (None: only for sweeps of at most
+    console.TRIAL_LINES_MAX_RUNS runs; a larger one shows its status line every progress_every s).
     """
     trials = expand(spec, source)
     check_files(trials, source)  # also on resume: the corpus must be readable from here
@@ -156,7 +158,13 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
         hint = _ResumeHint(sweep_uri)
         tune_log = logging.getLogger("ray.tune.tune")  # where Tune logs its interrupt advice
         tune_log.addFilter(hint)
-        quiet = console.Console(sweep_uri, verbose, log)  # before Ray is imported
+        n_runs = len(runs(trials))
+        if trial_lines is None:
+            trial_lines = n_runs <= console.TRIAL_LINES_MAX_RUNS
+        quiet = console.Console(sweep_uri, verbose, log, trial_lines)  # before Ray is imported
+        if not trial_lines and not verbose:
+            log(f"[sweep] {n_runs} runs: each trial's lines go to the driver log only, the status line "
+                f"comes every {progress_every:.0f} s (--trial-lines shows them)")
         import ray
 
         try:
@@ -191,7 +199,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
 
                 trials = search_run.run(tuned, source, sweep_uri, log, fit)
             else:
-                tuner, restored = tuners.grid_tuner(tuned, trials, sweep_uri)
+                tuner, restored = tuners.grid_tuner(tuned, trials, sweep_uri, log)
                 if restored:
                     log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
                 tuners.mark_final_errors(fit(tuner, trials), sweep_uri)
@@ -239,10 +247,10 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
 
 
 def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True,
-           verbose: bool = False) -> int:
+           verbose: bool = False, trial_lines: bool | None = None) -> int:
     """Continue the sweep stored at sweep_uri, wherever that folder now is and whatever its name."""
     if "://" not in sweep_uri:
         sweep_uri = os.path.abspath(os.path.expanduser(sweep_uri))
     spec = layout.load_saved(sweep_uri)
     return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate,
-               sweep_uri=sweep_uri, verbose=verbose)
+               sweep_uri=sweep_uri, verbose=verbose, trial_lines=trial_lines)

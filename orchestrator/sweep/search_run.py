@@ -24,7 +24,7 @@ from localist.outputs import trial_row
 from localist.config import TrainConfig, TrialConfig
 from orchestrator import layout
 from orchestrator.search import CELL_KEY, Search, rank, sampled, with_values
-from orchestrator.sweep import train_workers, tuners
+from orchestrator.sweep import train_workers, tune_state, tuners
 from orchestrator.sweep.search_plan import Group, confirm_trials, groups, started
 from orchestrator.spec import SweepSpec, Trial, cells, check_files, sweep_keys
 
@@ -66,14 +66,13 @@ def _state_problem(tune_uri: str) -> str | None:
     """Why Tune's saved search cannot be restored as it is; None when it can (or nothing was saved)."""
     from ray import cloudpickle
 
-    names = io.listdir(tune_uri)
-    states = sorted(n for n in names if n.startswith("experiment_state-") and n.endswith(".json"))
-    if not states:
+    state = tune_state.newest(tune_uri)
+    if state is None:
         return None
-    searchers = sorted(n for n in names if n.startswith(("search_gen_state-", "basic-variant-state-")))
+    searchers = sorted(n for n in io.listdir(tune_uri) if n.startswith(("search_gen_state-", "basic-variant-state-")))
     if not searchers:
         return "no searcher state was saved"
-    trials = len(json.loads(io.read_text(io.join(tune_uri, states[-1])))["trial_data"])
+    trials = tune_state.trial_count(state)
     try:
         state = cloudpickle.loads(io.read_bytes(io.join(tune_uri, searchers[-1])))
     except Exception as e:  # noqa: BLE001 - a half-written file reads as anything
@@ -157,7 +156,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         problem = _state_problem(uri)
         if problem is None:
-            return tuners.restore(path, fn, fs, callbacks, _space(search, group)), True
+            return tuners.restore(uri, fn, callbacks, log, _space(search, group)), True
         log(f"[search] {group.name}: Tune's saved state is torn ({problem}): the driver stopped while writing it")
     # trials started before Tune first saved the experiment would otherwise meet new ones of their name
     done = _continue_from(spec, group, sweep_uri, log)
@@ -268,7 +267,7 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
     if trials:
         first = [t for t in trials if t.seed in spec.search.confirm.seeds]
         log(f"[search] confirm: {len(first)} results from {len({t.run_id for t in first})} runs")
-        tuners.mark_final_errors(fit(tuners.grid_tuner(spec, first, sweep_uri)[0], first), sweep_uri)
+        tuners.mark_final_errors(fit(tuners.grid_tuner(spec, first, sweep_uri, log)[0], first), sweep_uri)
         if spec.search.confirm.until:
             trials = _seed_rounds(spec, source, sweep_uri, log, fit)
     return trials
@@ -287,7 +286,7 @@ def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list
             if not all(trial_files.ended(layout.trial_dir(sweep_uri, t.run_id)) for t in new):
                 log(f"[search] seed round {r['seed']}: {len(new)} results for {', '.join(r['cells'])}")
                 tune_uri = layout.seed_tune_dir(sweep_uri, r["seed"])
-                tuners.mark_final_errors(fit(tuners.grid_tuner(spec, new, sweep_uri, tune_uri)[0], new), sweep_uri)
+                tuners.mark_final_errors(fit(tuners.grid_tuner(spec, new, sweep_uri, log, tune_uri)[0], new), sweep_uri)
         need = _needing_seeds(spec, trials, sweep_uri, log)
         if not need:
             return trials

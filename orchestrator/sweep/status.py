@@ -26,47 +26,48 @@ def _json(uri: str) -> dict | None:
 
 
 def run_states(sweep_uri: str, trials: list[Trial]) -> list[dict]:
-    rows = []
+    """One row per run. The trials/ folder is listed once (not once per run) and each run's few
+    records are read on a thread pool, so a sweep of thousands of runs answers in seconds, on S3 too."""
     stands_for: dict[str, int] = {}
     for t in trials:
         stands_for[t.run_id] = stands_for.get(t.run_id, 0) + 1
-    for t in trials:
-        if t.run_id != t.trial_id:
-            continue
-        d = layout.trial_dir(sweep_uri, t.trial_id)
-        row = {"run_id": t.trial_id, "cells": stands_for[t.trial_id], "state": "pending", "step": 0,
-               "steps": t.config.train.steps, "eval_ppl": float("nan"), "attempts": 0, "wall_s": float("nan"),
-               "node": "", "error": "", "eval_loss": float("nan"), "eval_step": 0, "loss": float("nan"),
-               "tokens_per_s": float("nan"), "eta_s": float("nan")}
-        names = io.listdir(d)
-        row["attempts"] = trial_files.attempts(d) if trial_files.ATTEMPTS in names else 0
-        if trial_files.TRIAL in names:
-            r = trial_files.read_result(d, STATUS_COLUMNS)
-            row.update(state=r["status"], step=r["final_step"], eval_ppl=r["eval_ppl"], wall_s=r["wall_s"],
-                       node=(r.get("node_id") or "")[:8], error=r.get("error") or "", eval_loss=r["eval_loss"],
-                       eval_step=r["final_step"], tokens_per_s=r["tokens_per_s"], eta_s=0.0)
-        elif trial_files.STOPPED in names:  # a search trial the scheduler stopped early
-            r = _json(io.join(d, trial_files.STOPPED)) or {}
-            row.update(state="stopped", step=r.get("step", 0), eval_ppl=r.get("eval_ppl", float("nan")),
-                       eval_loss=r.get("eval_loss", float("nan")), eval_step=r.get("step", 0))
-        else:
-            # read as they are being rewritten: an unreadable record counts as none
-            prog = _json(io.join(d, trial_files.PROGRESS)) if trial_files.PROGRESS in names else None
-            err = _json(io.join(d, trial_files.ERROR)) if trial_files.ERROR in names else None
-            if prog:
-                row.update(step=prog["step"], eta_s=prog.get("eta_s"), updated=prog.get("time"),
-                           loss=prog.get("loss"), tokens_per_s=prog.get("tokens_per_s"))
-            if trial_files.STEPS in names:
-                row.update(_latest_eval(io.join(d, trial_files.STEPS)))
-            if err:
-                row["error"] = err["error"]
-                row["state"] = "errored" if err.get("final") else "retrying"
-                if not err.get("final") and prog and prog.get("attempt", 0) > err["attempt"]:
-                    row["state"] = "running"
-            elif row["attempts"]:
+    listing = trial_files.by_trial(io.list_files(layout.trials_dir(sweep_uri)))
+    own = [t for t in trials if t.run_id == t.trial_id]
+    return io.map_threads(lambda t: _run_state(sweep_uri, t, stands_for[t.trial_id], listing.get(t.trial_id, {})), own)
+
+
+def _run_state(sweep_uri: str, t: Trial, cells: int, names: dict[str, int]) -> dict:
+    d = layout.trial_dir(sweep_uri, t.trial_id)
+    row = {"run_id": t.trial_id, "cells": cells, "state": "pending", "step": 0,
+           "steps": t.config.train.steps, "eval_ppl": float("nan"), "attempts": names.get(trial_files.ATTEMPTS, 0),
+           "wall_s": float("nan"), "node": "", "error": "", "eval_loss": float("nan"), "eval_step": 0,
+           "loss": float("nan"), "tokens_per_s": float("nan"), "eta_s": float("nan")}
+    if trial_files.TRIAL in names:
+        r = trial_files.read_result(d, STATUS_COLUMNS)
+        row.update(state=r["status"], step=r["final_step"], eval_ppl=r["eval_ppl"], wall_s=r["wall_s"],
+                   node=(r.get("node_id") or "")[:8], error=r.get("error") or "", eval_loss=r["eval_loss"],
+                   eval_step=r["final_step"], tokens_per_s=r["tokens_per_s"], eta_s=0.0)
+    elif trial_files.STOPPED in names:  # a search trial the scheduler stopped early
+        r = _json(io.join(d, trial_files.STOPPED)) or {}
+        row.update(state="stopped", step=r.get("step", 0), eval_ppl=r.get("eval_ppl", float("nan")),
+                   eval_loss=r.get("eval_loss", float("nan")), eval_step=r.get("step", 0))
+    else:
+        # read as they are being rewritten: an unreadable record counts as none
+        prog = _json(io.join(d, trial_files.PROGRESS)) if trial_files.PROGRESS in names else None
+        err = _json(io.join(d, trial_files.ERROR)) if trial_files.ERROR in names else None
+        if prog:
+            row.update(step=prog["step"], eta_s=prog.get("eta_s"), updated=prog.get("time"),
+                       loss=prog.get("loss"), tokens_per_s=prog.get("tokens_per_s"))
+        if trial_files.STEPS in names:
+            row.update(_latest_eval(io.join(d, trial_files.STEPS)))
+        if err:
+            row["error"] = err["error"]
+            row["state"] = "errored" if err.get("final") else "retrying"
+            if not err.get("final") and prog and prog.get("attempt", 0) > err["attempt"]:
                 row["state"] = "running"
-        rows.append(row)
-    return rows
+        elif row["attempts"]:
+            row["state"] = "running"
+    return row
 
 
 def _latest_eval(steps_uri: str) -> dict:

@@ -1,12 +1,14 @@
 """Experiment tracking chosen in the sweep file, through Ray Tune's own logger callbacks.
 
     tracking:
-      mlflow: {tracking_uri: ..., experiment: ...}   # default: a file store in <sweep>/mlflow
+      mlflow: {tracking_uri: ..., experiment: ...}   # default: SQLite, <sweep>/mlflow.db
       wandb: {project: ..., mode: offline}           # offline unless W&B is set up on this machine
 
 Tune always writes progress.csv, result.json and TensorBoard event files under <sweep>/tune; these
 add runs in MLflow or W&B, one per trial, with the trial's flattened config as parameters. Nothing
-is imported unless configured, and a missing package is a ConfigError before Ray starts.
+is imported unless configured, and a missing package is a ConfigError before Ray starts. Tune runs
+these callbacks in the driver, so the default SQLite store has one writer. A sweep started before
+the SQLite default keeps its MLflow file store (<sweep>/mlflow) as long as it has no mlflow.db.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ INSTALL = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the module Ray's 
 
 def prepare(tracking: Tracking, sweep_uri: str, source: str) -> None:
     """Every configured tracker can start (its package is installed, its store is reachable), before
-    Ray starts; MLflow 3 refuses its file store unless allowed, also for callbacks a restore unpickles."""
+    Ray starts; MLflow 3 refuses its file store (an older sweep's) unless allowed, also for callbacks a
+    restore unpickles."""
     for name, module in INSTALL.items():
         if getattr(tracking, name) is not None and importlib.util.find_spec(module) is None:
             raise ConfigError(f"{source}: tracking.{name}: the {module!r} package is not installed; "
@@ -39,9 +42,14 @@ def prepare(tracking: Tracking, sweep_uri: str, source: str) -> None:
 
 
 def mlflow_uri(tracking: Tracking, sweep_uri: str) -> str:
+    """The configured tracking URI, else the sweep's own store: SQLite (sqlite:////abs/mlflow.db), or the
+    file store of a sweep started before that default (its mlflow/ folder, while it has no mlflow.db)."""
     if tracking.mlflow and tracking.mlflow.tracking_uri:
         return tracking.mlflow.tracking_uri
-    return "file://" + io.resolve(layout.mlflow_dir(sweep_uri))[1]
+    db, old = (io.resolve(f(sweep_uri))[1] for f in (layout.mlflow_db, layout.mlflow_dir))
+    if os.path.isdir(old) and not os.path.exists(db):
+        return "file://" + old
+    return "sqlite:///" + db
 
 
 def _wandb_mode(configured: str | None) -> str:
@@ -65,18 +73,42 @@ def callbacks(tracking: Tracking, sweep_uri: str, sweep_name: str) -> list:
     if tracking.mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+        uri = mlflow_uri(tracking, sweep_uri)
+        default = not tracking.mlflow.tracking_uri and uri.startswith("sqlite:")
+        artifacts = "file://" + io.resolve(layout.mlflow_artifacts_dir(sweep_uri))[1] if default else None
+
         class MLflowCallback(MLflowLoggerCallback):
+            def setup(self, *args, **kwargs):
+                if artifacts:  # the experiment's artifacts inside the sweep, not in the driver's ./mlruns
+                    from mlflow.tracking import MlflowClient
+
+                    client = MlflowClient(self.tracking_uri)
+                    if client.get_experiment_by_name(self.experiment_name) is None:
+                        client.create_experiment(self.experiment_name, artifact_location=artifacts)
+                super().setup(*args, **kwargs)
+
             def log_trial_result(self, iteration, trial, result):
                 super().log_trial_result(iteration, trial, _finite(result))
 
-        out.append(MLflowCallback(tracking_uri=mlflow_uri(tracking, sweep_uri), experiment_name=tracking.mlflow.experiment or sweep_name,
+        out.append(MLflowCallback(tracking_uri=uri, experiment_name=tracking.mlflow.experiment or sweep_name,
                                   tags=dict(tracking.mlflow.tags) or None))
     if tracking.wandb:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+        class WandbLogger(_WandbLoggingActor):
+            def run(self):
+                super().run()
+                # W&B's service shut down now, not by W&B's atexit hook while Ray ends the actor's process
+                # (that race printed a ConnectionResetError traceback on the sweep's console)
+                self._wandb.teardown()
 
         class WandbCallback(WandbLoggerCallback):
+            _logger_actor_cls = WandbLogger  # the class Ray starts one logging actor of per trial
+
             def log_trial_result(self, iteration, trial, result):
-                super().log_trial_result(iteration, trial, _finite(result))
+                # Ray copies each result's trial_id (Tune's own id) into the run's config: keep it the run
+                # id, as in the run's name and MLflow's params
+                super().log_trial_result(iteration, trial, {**_finite(result), "trial_id": str(trial)})
 
         w = tracking.wandb
         kw: dict[str, Any] = {"mode": _wandb_mode(w.mode)}

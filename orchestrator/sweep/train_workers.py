@@ -76,7 +76,7 @@ def per_trial_line(spec: SweepSpec, workers: int) -> str:
 
 def fit(trial_id: str, cfg: TrialConfig, sweep_uri: str, search: bool, scale: dict, run: Callable) -> None:
     """The Tune trial of a multi-worker trial: run its workers on Ray Train and wait for them; each
-    worker trains with run (trainable.run: trial_id, config, folder, cpus, search, report, checkpoint, main)."""
+    worker trains with run (trainable.run: trial_id, config, sweep_uri, cpus, search, send, checkpoint, main)."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
@@ -123,6 +123,5 @@ def worker(run: Callable, config: dict) -> None:
     if os.path.isdir(config["cwd"]):  # relative paths in the trial config mean what they mean for the driver
         os.chdir(config["cwd"])
     trial_id = config["trial_id"]
-    run(trial_id, TrialConfig.model_validate(config["config"]), layout.trial_dir(config["sweep_uri"], trial_id),
-        config["cpus"], config["search"], _report, ray.train.get_checkpoint(),
-        main=ray.train.get_context().get_world_rank() == 0)
+    run(trial_id, TrialConfig.model_validate(config["config"]), config["sweep_uri"], config["cpus"], config["search"],
+        _report, ray.train.get_checkpoint(), main=ray.train.get_context().get_world_rank() == 0)

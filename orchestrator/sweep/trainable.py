@@ -82,24 +82,27 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
         row = trial_files.read_result(out)
         _report(metrics(row["final_step"], row["n_layer_actual"], row, row["status"], skipped=1))
         return
+    t0 = time.perf_counter()
     cfg = make_config()
+    config_s = time.perf_counter() - t0
     if cfg.train.workers > 1:
         from orchestrator.sweep import train_workers
 
         train_workers.fit(trial_id, cfg, sweep_uri, search, scale or {}, run)
         return
-    run(trial_id, cfg, out, cpus, search, _report, tune.get_checkpoint())
+    run(trial_id, cfg, sweep_uri, cpus, search, _report, tune.get_checkpoint(), config_s=config_s)
 
 
-def run(trial_id: str, cfg: TrialConfig, out: str, cpus: float, search: bool, report, checkpoint,
-        main: bool = True) -> None:
+def run(trial_id: str, cfg: TrialConfig, sweep_uri: str, cpus: float, search: bool, send, checkpoint,
+        main: bool = True, config_s: float = 0.0) -> None:
     """Train one trial in this process (a Tune trial, or one worker of a Ray Train run) and report
-    through report(metrics, checkpoint_dir). A grid trial reports at every log and evaluation
+    through send(metrics, checkpoint_dir). A grid trial reports at every log and evaluation
     (live metrics); a search trial only at evaluations and checkpoints, each with a finite eval
     loss (what ASHA and the searcher act on). Every report carries the same keys (`metrics`).
     Only the main process (rank 0 of several workers) writes the trial's attempt and error records."""
     import ray
 
+    out = layout.trial_dir(sweep_uri, trial_id)
     torch.set_num_threads(max(1, int(cpus)))
     attempt = trial_files.attempts(out) + int(main)
     node_id = ray.get_runtime_context().get_node_id()
@@ -113,8 +116,18 @@ def run(trial_id: str, cfg: TrialConfig, out: str, cpus: float, search: bool, re
         if main:
             trial_files.write_error(out, attempt, str(e), traceback.format_exc())
         raise
-    trainer = Trainer(cfg, out, trial_id, extra={"node_id": node_id, "node_ip": ray.util.get_node_ip_address(),
-                                                 "attempts": attempt})
+    # trial.parquet's extra columns; report_s grows with every report made during fit (the last,
+    # after trial.parquet, is not in it)
+    extra = {"node_id": node_id, "node_ip": ray.util.get_node_ip_address(), "attempts": attempt,
+             "setup_config_s": config_s, "report_s": 0.0}
+    trainer = Trainer(cfg, out, trial_id, extra=extra)
+
+    def report(values: dict, checkpoint_dir: str | None = None) -> None:
+        t = time.perf_counter()
+        send(values, checkpoint_dir)
+        extra["report_s"] += time.perf_counter() - t
+
+    trainer.origin = {"sweep": layout.sweep_name(sweep_uri), "sweep_uri": sweep_uri}  # for the model card
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             if os.path.exists(os.path.join(d, layout.CHECKPOINT_EMPTIED)):  # a stopped search trial
@@ -153,4 +166,4 @@ def run(trial_id: str, cfg: TrialConfig, out: str, cpus: float, search: bool, re
         if main:
             trial_files.write_error(out, attempt, f"{type(e).__name__}: {e}", traceback.format_exc())
         raise
-    report(metrics(trainer.step, trainer.n_layer, trainer.metrics, result.status))
+    send(metrics(trainer.step, trainer.n_layer, trainer.metrics, result.status))

@@ -8,7 +8,7 @@ import os
 from localist import io, trial_files
 from orchestrator import layout
 from orchestrator.spec import SweepSpec, Trial, runs
-from orchestrator.sweep import tracking, train_workers
+from orchestrator.sweep import tracking, train_workers, tune_state
 
 
 def remove_checkpoints(trial_tune_dir: str) -> None:
@@ -73,11 +73,15 @@ def run_config(spec: SweepSpec, path: str, fs, callbacks: list):
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints))
 
 
-def restore(path: str, fn, fs, callbacks: list, param_space: dict | None = None):
-    """Tuner.restore with this run's callbacks: Tune would reuse those pickled by the first run
-    (the spec's tracking may have changed since). Ray Client tuners keep theirs (no public hook)."""
+def restore(uri: str, fn, callbacks: list, log, param_space: dict | None = None):
+    """Tuner.restore of the experiment at uri, each trial pointed first at its newest whole
+    checkpoint on storage (`tune_state.mend`), with this run's callbacks: Tune would reuse those
+    pickled by the first run (the spec's tracking may have changed since). Ray Client tuners keep
+    theirs (no public hook)."""
     from ray import tune
 
+    tune_state.mend(uri, log)
+    fs, path = io.resolve(uri)
     # param_space again: a searcher restored from state saved before it took the space needs it
     tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=fs,
                                param_space=param_space)
@@ -87,7 +91,7 @@ def restore(path: str, fn, fs, callbacks: list, param_space: dict | None = None)
     return tuner
 
 
-def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: str | None = None):
+def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_uri: str | None = None):
     """tune_uri: the experiment folder (default <sweep>/tune; a search's later seed rounds use others)."""
     from ray import tune
 
@@ -101,10 +105,11 @@ def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, tune_uri: s
                                                               multi=max(workers.values(), default=1) > 1))
     # Tune gets the same pyarrow filesystem our own files use, so local paths, file://, s3://
     # (with an endpoint override) and gs:// all behave alike.
-    fs, path = io.resolve(tune_uri or layout.tune_dir(sweep_uri))
+    uri = tune_uri or layout.tune_dir(sweep_uri)
+    fs, path = io.resolve(uri)
     callbacks = run_callbacks(spec, sweep_uri)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        return restore(path, fn, fs, callbacks), True
+        return restore(uri, fn, callbacks, log), True
     tuner = tune.Tuner(
         fn,
         param_space=tracking.param_space(run_cfgs),
