@@ -85,10 +85,10 @@ def _plain(shape: dict, steps: int, out: str) -> dict:
 
 
 def _train_worker(config: dict) -> None:
-    from orchestrator.sweep.train_workers import _report
+    from orchestrator.sweep.train_workers import send
 
     times: dict = {}
-    res = _fit(config["shape"], config["steps"], config["out"], _report, times)
+    res = _fit(config["shape"], config["steps"], config["out"], send, times)
     res["first_step_time"] = times["first_step"]
     with open(config["result"], "w") as f:
         json.dump(res, f)

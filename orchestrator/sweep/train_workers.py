@@ -102,7 +102,7 @@ def fit(trial_id: str, cfg: TrialConfig, sweep_uri: str, search: bool, scale: di
     trainer.fit()
 
 
-def _report(values: dict, checkpoint_dir: str | None = None) -> None:
+def send(values: dict, checkpoint_dir: str | None = None) -> None:
     """A report of this worker; one with a checkpoint returns once Train has registered it, as
     tune.report does: a worker lost soon after would otherwise take its half of the report (still
     in its queue) with it, and the group would restart from the checkpoint before."""
@@ -124,4 +124,4 @@ def worker(run: Callable, config: dict) -> None:
         os.chdir(config["cwd"])
     trial_id = config["trial_id"]
     run(trial_id, TrialConfig.model_validate(config["config"]), config["sweep_uri"], config["cpus"], config["search"],
-        _report, ray.train.get_checkpoint(), main=ray.train.get_context().get_world_rank() == 0)
+        send, ray.train.get_checkpoint(), main=ray.train.get_context().get_world_rank() == 0)
