@@ -123,12 +123,13 @@ class Trainer:
         self.n_layer = n_layers(model)
         self.lambdas = layer_lambdas(cfg.locality, self.n_layer)
         self.window = cfg.locality.window if cfg.locality.partition == "window" else None
+        lap("setup_model_s")
         self.train_blocks = torch.from_numpy(self.data.blocks("train", cfg.locality))
         self.eval_blocks = torch.from_numpy(self.data.blocks("eval", cfg.locality))
+        lap("setup_blocks_s")
         optimizer = _optimizer(model, cfg)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
-        lap("setup_model_s")
         self.model, self.optimizer, self.scheduler = self.accel.prepare(model, optimizer, scheduler)
         self.plan = compute.plan(cfg, self.device.type, self.lambdas, attn_dropout(model),
                                  backend=backend, force_flex=force_flex)

@@ -43,7 +43,7 @@ def _read_run(sweep_uri: str, run_id: str, names: dict[str, int]) -> tuple[dict 
     """One run's result row (or None) and error record (or None), and the row tables it wrote, by the
     names a listing found."""
     d = layout.trial_dir(sweep_uri, run_id)
-    tables = {k: io.read_parquet(io.join(d, trial_files.ROWS[k])).to_pandas().drop(columns=["trial_id"])
+    tables = {k: io.read_parquet(io.join(d, trial_files.ROWS[k])).drop_columns(["trial_id"])
               for k in KINDS if trial_files.ROWS[k] in names}
     result = trial_files.read_result(d) if trial_files.TRIAL in names else None
     error = trial_files.read_error(d) if result is None and trial_files.ERROR in names else None
@@ -64,14 +64,24 @@ def collect(spec: SweepSpec, trials: list[Trial], sweep_uri: str | None = None) 
         row = dict(result) if result is not None else _missing(t, error)
         row.pop("trial_id", None)
         rows.append({**coords, **row})
-        for kind, df in tables.items():
-            parts[kind].append(df.assign(**coords))
+        for kind, table in tables.items():
+            parts[kind].append((coords, table))
     trials_df = pd.DataFrame(rows)
     io.write_parquet(pa.Table.from_pandas(trials_df, preserve_index=False), layout.results_file(sweep_uri, "trials"))
     faults.crash_point("collect")
+    front = list(_coords(spec, trials[0]))
     for kind in KINDS:
-        df = pd.concat(parts[kind], ignore_index=True) if parts[kind] else pd.DataFrame(columns=list(_coords(spec, trials[0])))
-        front = list(_coords(spec, trials[0]))
-        df = df[front + [c for c in df.columns if c not in front]]
-        io.write_parquet(pa.Table.from_pandas(df, preserve_index=False), layout.results_file(sweep_uri, kind))
+        io.write_parquet(_with_coords(parts[kind], front), layout.results_file(sweep_uri, kind))
     return trials_df["status"].value_counts().to_dict()
+
+
+def _with_coords(parts: list[tuple[dict, pa.Table]], front: list[str]) -> pa.Table:
+    """One table of every run's rows, each row led by its cell's coordinates (Arrow throughout:
+    thousands of runs' rows are concatenated without a pandas frame per run)."""
+    if not parts:
+        return pa.table({c: pa.array([], pa.null()) for c in front})
+    coords = pa.Table.from_pylist([c for c, t in parts for _ in range(t.num_rows)])
+    rows = pa.concat_tables([t for _, t in parts], promote_options="default")
+    for name in reversed(front):
+        rows = rows.add_column(0, name, coords.column(name)) if name not in rows.column_names else rows
+    return rows.select(front + [c for c in rows.column_names if c not in front])

@@ -53,14 +53,19 @@ def _storage_alive(sweep_uri: str, cause: BaseException | None = None) -> None:
 
 
 def _prepare_data(trials: list[Trial], log) -> None:
-    """Tokenise once in the driver, so every trial on this machine only loads the cache."""
-    seen = set()
+    """Tokenise once in the driver, and find each partitioner's blocks once, so every trial on this
+    machine only loads the cache."""
+    seen, datasets = set(), {}
     for cfg in runs(trials).values():
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
         key = (cfg.data.model_dump_json(), tokenizer)
-        if key not in seen:
-            seen.add(key)
-            prepare(cfg.data, tokenizer, log=log)
+        if key not in datasets:
+            datasets[key] = prepare(cfg.data, tokenizer, log=log)
+        loc = cfg.locality
+        if (key, loc.partition, loc.min_len, loc.max_len) not in seen:
+            seen.add((key, loc.partition, loc.min_len, loc.max_len))
+            for split in ("train", "eval"):
+                datasets[key].blocks(split, loc)
 
 
 def _cluster_slots(spec: SweepSpec, trials: list[Trial], where: str, sweep_uri: str, log) -> int:
@@ -109,20 +114,24 @@ def resume_line(sweep_uri: str) -> str:
 
 
 class _Progress(threading.Thread):
-    """Prints one status line every `every` seconds while Tune runs."""
+    """Prints one status line every `every` seconds while Tune runs, and rewrites the runs' snapshot
+    (status.json) each time: finished runs are kept from the last tick, only the others are read."""
 
     def __init__(self, sweep_uri: str, trials: list[Trial], concurrency: int, log, every: float = 20.0):
         super().__init__(daemon=True)
-        self.args = (sweep_uri, trials)
+        self.sweep_uri, self.trials = sweep_uri, trials
         self.concurrency, self.log, self.every = concurrency, log, every
         self.started = time.time()
         self.halt = threading.Event()
+        self.known: dict[str, dict] | None = None  # None at first: the snapshot an earlier driver left
 
     def run(self) -> None:
         while not self.halt.wait(self.every):
             try:
-                df = status.run_states(*self.args)
-                self.log(f"[sweep] {status.summary_line(df, self.concurrency, self.started)}")
+                rows = status.run_states(self.sweep_uri, self.trials, self.known)
+                self.known = {r["run_id"]: r for r in rows}
+                status.write_snapshot(self.sweep_uri, rows)
+                self.log(f"[sweep] {status.summary_line(rows, self.concurrency, self.started)}")
             except Exception as e:  # progress must never kill the sweep
                 self.log(f"[sweep] (progress unavailable: {e})")
 
@@ -220,7 +229,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             ray.shutdown()
             quiet.close()
         code = finish(spec, trials, sweep_uri, log, aggregate)
-        errored = status.counts(status.run_states(sweep_uri, trials))["errored"]
+        rows = status.run_states(sweep_uri, trials)
+        status.write_snapshot(sweep_uri, rows)
+        errored = status.counts(rows)["errored"]
         if errored:
             log(f"[sweep] {errored} run(s) failed every retry; to retry them: {hint.line}")
         return code
