@@ -73,6 +73,10 @@ class TrainConfig(_Section):
     steps: int = Field(200, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1, description="sequences per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    workers: int = Field(1, ge=1, description=(
+        "data-parallel processes (DDP, one per GPU), each with its own batch_size x grad_accum: the global "
+        "batch is batch_size x grad_accum x workers. A sweep starts them on Ray Train (resources.workers); "
+        "alone: accelerate launch --num_processes N"))
     lr: float = Field(1e-3, gt=0.0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(20, ge=0, description="linear warm-up, then cosine decay to 10% of lr")
@@ -95,6 +99,11 @@ class TrainConfig(_Section):
         if isinstance(v, str) and v.strip().lower() in ("yes", "on", "1", "no", "off", "0"):
             return "true" if v.strip().lower() in ("yes", "on", "1") else "false"
         return v.strip().lower() if isinstance(v, str) else v
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step, over all workers."""
+        return self.batch_size * self.grad_accum * self.workers
 
     def compiled_on(self, device_type: str) -> bool:
         """Whether the trainer compiles on this device ('cuda', 'cpu', ...)."""

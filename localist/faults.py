@@ -1,10 +1,11 @@
 """Test-only fault injection; every hook is off unless its environment variable is set.
 
 LOCALIST_FAULT - comma-separated trial faults, each KIND@STEP[:MARKER][#TRIAL_ID]:
-  KIND 'raise' (an exception at that step) or 'nan' (a non-finite loss); with MARKER (a file
-  path) it fires once, only while the file does not exist, creating it; with #TRIAL_ID only in
-  that trial. KIND 'wait': the trial waits before that step until MARKER exists (a test holds
-  trials where it wants them, then lets them go).
+  KIND 'raise' (an exception at that step), 'nan' (a non-finite loss) or 'kill' (the process
+  SIGKILLs itself: a lost worker); with MARKER (a file path) it fires once, only while the file
+  does not exist, creating it (in one process only, when several check at once); with #TRIAL_ID
+  only in that trial. KIND 'wait': the trial waits before that step until MARKER exists (a test
+  holds trials where it wants them, then lets them go).
 LOCALIST_CRASH_AT - POINT[:MARKER]: the sweep driver SIGKILLs itself at that point
   ('prepare', 'collect'), once when a marker is given.
 """
@@ -23,9 +24,10 @@ class InjectedFault(RuntimeError):
 def _fires_once(marker: str) -> bool:
     if not marker:
         return True
-    if os.path.exists(marker):
+    try:  # created atomically: of the workers of a trial that check at once, one fires
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
         return False
-    open(marker, "w").close()
     return True
 
 
@@ -45,6 +47,8 @@ def check(step: int, trial_id: str) -> str | None:
             continue
         if kind == "raise":
             raise InjectedFault(f"injected fault at step {step} (LOCALIST_FAULT={spec})")
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         return kind
     return None
 

@@ -3,6 +3,13 @@
 Batches are drawn by step number from a seeded generator, so a resumed trial sees exactly the
 batches an uninterrupted one would; together with Accelerate's saved optimizer, scheduler and
 RNG state this makes a resumed trial end where an undisturbed one ends.
+
+Under an existing torch.distributed process group (``accelerate launch``, or Ray Train's workers:
+rank and world size come from the environment they set) the trial is data parallel: Accelerate
+wraps the model in DDP, every worker trains on its rank's share of each step's global batch (the
+same global batch whatever the number of workers), losses are averaged over the workers when they
+are read, every worker evaluates the same held-out sequences, and only the main process writes
+the trial's files, logs and reports progress.
 """
 
 from __future__ import annotations
@@ -22,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from localist import compute, faults, flex, io, model_card, outputs, speed, trial_files
 from localist.attention import LocalityContext
-from localist.config import TrialConfig
+from localist.config import ConfigError, TrialConfig
 from localist.data import Dataset, prepare
 from localist.loss import linear_cross_entropy
 from localist.model import MODEL_DIR, TRIAL_FILE, attn_dropout, build_model, n_layers
@@ -54,6 +61,10 @@ def _peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    """The log of a worker other than the main one: its lines would repeat the main worker's."""
 
 
 def _optimizer(model, cfg: TrialConfig) -> torch.optim.Optimizer:
@@ -87,10 +98,23 @@ class Trainer:
             clock = now
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Accelerate will put the model
+        # cpu=True on a CPU: Accelerate then joins a process group of several CPU workers (gloo).
+        # split_batches: a step is one global batch whatever the number of workers, so the learning
+        # rate schedule steps once per optimizer step (not once per worker, Accelerate's default).
         self.accel = Accelerator(mixed_precision=compute.precision(t.precision, device_type),
-                                 gradient_accumulation_steps=t.grad_accum)
+                                 gradient_accumulation_steps=t.grad_accum, cpu=device_type == "cpu",
+                                 dataloader_config=DataLoaderConfiguration(split_batches=True))
         self.device = self.accel.device
-        set_seed(cfg.seed)
+        self.rank, self.world = self.accel.process_index, self.accel.num_processes
+        if self.world != t.workers:
+            raise ConfigError(f"train.workers is {t.workers} but {self.world} process(es) run this trial: start "
+                              f"{t.workers} (torchrun --nproc_per_node {t.workers} -m orchestrator.cli train ..., or "
+                              f"accelerate launch --multi_gpu --num_processes {t.workers} on GPUs), or set "
+                              f"train.workers to {self.world}")
+        self.is_main = self.accel.is_main_process
+        if not self.is_main:
+            self.log = log = _quiet
+        set_seed(cfg.seed, device_specific=True)  # seed + rank: dropout differs between workers
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
         lap("setup_accelerator_s")
         self.data: Dataset = data if data is not None else prepare(cfg.data, tokenizer, log=log)
@@ -161,9 +185,13 @@ class Trainer:
 
     def _load(self, step: int, micro: int):
         """The batch of a given step, the same on every run and after every resume: always exactly
-        ``batch_size`` sequences (one shape for the whole trial, so compiled code never recompiles)."""
+        ``batch_size`` sequences (one shape for the whole trial, so compiled code never recompiles).
+        The step's global batch (``batch_size`` x workers sequences) is drawn whatever the number of
+        workers, and each worker takes its rank's slice: N workers of batch B train on what one
+        worker of batch N x B does."""
         rng = np.random.default_rng([self.cfg.seed, step, micro])
-        idx = np.sort(rng.integers(0, len(self.data.train), self.cfg.train.batch_size))
+        bs = self.cfg.train.batch_size
+        idx = np.sort(rng.integers(0, len(self.data.train), bs * self.world))[self.rank * bs:(self.rank + 1) * bs]
         seqs = torch.from_numpy(np.asarray(self.data.train[idx], dtype=np.int64))
         parts = (seqs[:, :-1], seqs[:, 1:], self.train_blocks[idx])
         if self.device.type != "cuda":
@@ -227,6 +255,7 @@ class Trainer:
         (``outputs.POSITION_GROUPS``: first token, positions 2-4, 5+; kept in ``eval_positions``);
         per-layer attention statistics reduced on the fly."""
         self.model.eval()
+        net = self.accel.unwrap_model(self.model)  # not its DDP wrapper: every worker evaluates alone
         n = min(self.cfg.data.eval_sequences, len(self.data.eval))
         bs = self.cfg.train.batch_size
         nll, count = 0.0, 0
@@ -244,7 +273,7 @@ class Trainer:
             if stats_ctx is not None:
                 ctx.stats = stats_ctx.stats
             with self.accel.autocast():
-                logits = self.model(input_ids=x, locality=ctx, use_cache=False).logits
+                logits = net(input_ids=x, locality=ctx, use_cache=False).logits
             token_nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                         reduction="none").double().cpu()
             nll += float(token_nll.sum())
@@ -284,9 +313,15 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------
 
     def save_checkpoint(self, directory: str) -> None:
-        """Accelerate's state, then STATE_FILE: the loop's counters and rows, and the size of every
-        other file (a copy of the folder cut short is told from a whole one: `checkpoint_step`)."""
+        """Accelerate's state (the main worker writes model, optimizer and scheduler, every worker its
+        random state), then the main worker's STATE_FILE: the loop's counters and rows, and the size
+        of every other file it sees (a copy of the folder cut short is told from a whole one:
+        `checkpoint_step`). With several workers the directory may be one per worker (Ray Train
+        merges what they report; the main one lists its own files) or one they share."""
         self.accel.save_state(directory)
+        self.accel.wait_for_everyone()
+        if not self.is_main:
+            return
         files = {os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/"):
                  os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names}
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
@@ -381,7 +416,10 @@ class Trainer:
         if not self._pending:
             return None
         steps = [s for s, _ in self._pending]
-        values = torch.stack([v.float() for _, v in self._pending]).tolist()
+        values = torch.stack([v.float() for _, v in self._pending])
+        if self.world > 1:  # every worker reads at the same steps: the mean over workers is the step's loss
+            values = self.accel.reduce(values, reduction="mean")
+        values = values.tolist()
         self._pending = []
         for s, v in zip(steps, values):
             if not math.isfinite(v):
@@ -404,7 +442,7 @@ class Trainer:
         self._wall0 = time.perf_counter()
         status = "completed"
         self.model.train()
-        tokens_per_step = t.batch_size * t.grad_accum * self.cfg.data.seq_len
+        tokens_per_step = t.global_batch * self.cfg.data.seq_len  # over all workers
         first = self.step + 1
         while self.step < t.steps:
             t0 = time.perf_counter()
@@ -452,7 +490,8 @@ class Trainer:
 
     def write_partial(self) -> None:
         """steps/layers.parquet so far, so a running trial can be watched (trial.parquet stays last)."""
-        outputs.write_rows(self.out, self.trial_id, self.step_rows, self.layer_rows)
+        if self.is_main:
+            outputs.write_rows(self.out, self.trial_id, self.step_rows, self.layer_rows)
 
     def _eval_metrics(self, loss: float) -> dict:
         m = {"eval_loss": loss, "eval_ppl": self.step_rows[-1]["ppl"]}
@@ -470,7 +509,7 @@ class Trainer:
                 "tokens_per_s": rate, "eta_s": eta, "time": time.time()}
         self.log(f"[{self.trial_id}] step {self.step}/{t.steps} loss {loss:.4f} "
                  f"lr {self.scheduler.get_last_lr()[0]:.2e} {rate:,.0f} tok/s eta {eta:.0f}s")
-        if on_progress:
+        if on_progress and self.is_main:
             on_progress(info)
         return {"train_loss": loss, "lr": float(self.scheduler.get_last_lr()[0]), "tokens_per_s": rate,
                 "tokens_seen": self.tokens_seen}
@@ -509,10 +548,13 @@ class Trainer:
             "n_layer_actual": self.n_layer, "lambdas": json.dumps([round(x, 6) for x in self.lambdas]),
             "device": self._device_name(), "hostname": socket.gethostname(),
             "n_params": sum(p.numel() for p in self.accel.unwrap_model(self.model).parameters()),
+            "global_batch": self.cfg.train.global_batch,
             **{k: v if status == "completed" else math.nan
                for k, v in self.eval_positions.items()},
             **self.speed_figures(), **self.timings, **self.extra,
         }
+        if not self.is_main:  # the main worker writes the trial's files
+            return TrialResult(status, eval_loss, summary["eval_ppl"])
         if self.cfg.train.save_model and status == "completed":
             self.save_model(io.join(self.out, MODEL_DIR), summary)  # before trial.parquet, which marks the trial done
         outputs.write_trial(self.out, self.trial_id, self.cfg, summary, self.step_rows, self.layer_rows,
@@ -554,19 +596,24 @@ def run_trial(cfg: TrialConfig, out: str, trial_id: str = "trial", log=print) ->
         if not local:
             return
         final = io.resolve(ckpt_uri)[1]
-        tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".ckpt-")
+        tmp, old = final + ".new", final + ".old"  # one folder all workers write into (`accelerate launch`)
+        if tr.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while writing it
+        tr.accel.wait_for_everyone()
         tr.save_checkpoint(tmp)
-        old = final + ".old"
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if tr.is_main:
+            if os.path.exists(final):
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        tr.accel.wait_for_everyone()
 
     def progress(info: dict) -> None:
         trial_files.write_progress(out, info)
 
     io.makedirs(out)
     result = trainer.fit(on_checkpoint=save, on_progress=progress)
-    if local:
+    trainer.accel.wait_for_everyone()
+    if local and trainer.is_main:
         shutil.rmtree(io.resolve(ckpt_uri)[1], ignore_errors=True)
     return result

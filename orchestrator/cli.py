@@ -254,7 +254,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("file", help="sweep file (YAML), e.g. sweeps/quick.yaml")
     r.add_argument("--dry-run", action="store_true", help="print the trial table and compute, start nothing")
     r.add_argument("--tokens-per-s", type=float, metavar="N",
-                   help="with --dry-run: one trial's training throughput, for GPU-hours and wall time")
+                   help="with --dry-run: one trial's training throughput (one worker's, for trials of "
+                        "several workers), for GPU-hours and wall time")
     r.add_argument("--slots", type=int, metavar="N", help="with --dry-run: trials at a time on the cluster")
     r.add_argument("--address", help="attach to a running Ray cluster (default: start Ray locally)")
     r.add_argument("--storage", help="override the sweep's storage (path or URI such as s3://bucket/sweeps)")

@@ -9,7 +9,9 @@
                              attempts/*.json (one per start), error.json (last failure), values.json
                              and stopped.json (search trials); its layout is localist.trial_files
   tune/                      Ray Tune's experiment state; per trial (tune/<run_id>/) its checkpoint_*
-                             folders and live metrics (progress.csv, result.json, params.json, TensorBoard)
+                             folders and live metrics (progress.csv, result.json, params.json, TensorBoard);
+                             a trial of several workers: its Ray Train run in tune/<run_id>/train/
+                             (Train's checkpoint_<time> folders and checkpoint_manager_snapshot.json)
   mlflow.db                  MLflow's default store (SQLite, written by the driver only)
   mlflow-artifacts/          the artifact root of the experiments the driver creates there
   mlflow/                    an older sweep's MLflow file store (still used when it exists and mlflow.db does not)
@@ -170,6 +172,7 @@ def tune_trial_dir(sweep_uri: str, run_id: str) -> str:
 
 TUNE_CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders in a trial's Tune folder: checkpoint_000003
 CHECKPOINT_EMPTIED = "EMPTIED"  # the one file left in a checkpoint folder emptied while its sweep ran
+TRAIN_RUN = "train"  # a multi-worker trial's Ray Train run (its checkpoints), inside the trial's Tune folder
 
 
 def seed_tune_dir(sweep_uri: str, seed: int) -> str:

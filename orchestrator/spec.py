@@ -53,8 +53,13 @@ class Tracking(BaseModel):
 
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU")
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial, per worker of a multi-worker trial (also its torch threads)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial, per worker of a multi-worker trial; fractions pack "
+                                              "several single-worker trials on one GPU")
+    workers: int = Field(1, ge=1, description="data-parallel workers per trial (train.workers of every trial that "
+                                              "sets none); above 1 a trial runs on Ray Train")
+    span_nodes: bool = Field(True, description="a multi-worker trial may place its workers on several nodes "
+                                               "(false: all on one node)")
 
 
 class SweepSpec(BaseModel):
@@ -248,19 +253,36 @@ def cells(spec: SweepSpec) -> list[Cell]:
     return out
 
 
+def sweep_keys(spec: SweepSpec, tree: dict[str, Any]) -> dict[str, Any]:
+    """A (partial) trial tree with what the sweep sets in every trial, search trials included: its
+    checkpoint_every (the sweep's wins), and resources.workers as train.workers where the trial names none."""
+    train = tree.setdefault("train", {})
+    if spec.checkpoint_every:
+        train["checkpoint_every"] = spec.checkpoint_every
+    train.setdefault("workers", spec.resources.workers)
+    return tree
+
+
+def check_workers(spec: SweepSpec, cfg: TrialConfig, source: str, where: str) -> None:
+    """A multi-worker trial runs one DDP worker per whole GPU (two NCCL ranks cannot share one)."""
+    gpu = spec.resources.gpu
+    if cfg.train.workers > 1 and gpu not in (0, 1):
+        raise _err(source, "resources.gpu", f"{gpu:g} GPU per worker, but the trial made from {where} has "
+                   f"{cfg.train.workers} workers: a data-parallel worker takes one whole GPU (gpu: 1) or none (gpu: 0)")
+
+
 def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, tree: dict[str, Any] | None = None,
                trial_id: str | None = None) -> Trial:
     """The trial of a cell at a seed; `tree` replaces the cell's tree (a search adds sampled values)."""
-    tree = copy.deepcopy(cell.tree if tree is None else tree)
+    tree = sweep_keys(spec, copy.deepcopy(cell.tree if tree is None else tree))
     tree["seed"] = seed
-    if spec.checkpoint_every:
-        tree.setdefault("train", {})["checkpoint_every"] = spec.checkpoint_every
     if spec.save_model:
-        tree.setdefault("train", {})["save_model"] = True
+        tree["train"]["save_model"] = True
     try:
         cfg = build(tree, source, prefix="")
     except ConfigError as e:
         raise ConfigError(f"{e} (in the trial made from {cell.where}, seed {seed})") from None
+    check_workers(spec, cfg, source, cell.where)
     return Trial(trial_id or f"{cell.name}__s{seed}", dict(cell.coords), cell.comparator, seed, cfg,
                  where=cell.where)
 

@@ -644,3 +644,66 @@ def test_only_the_documented_metrics_ports_answer_without_the_token(cluster):
             assert b"# TYPE " in r.read()
     assert {p for p, row in port_table().items() if "**answers**" in row} >= {AUTOSCALER_METRIC_PORT,
                                                                                DASHBOARD_METRIC_PORT}
+
+
+# --- trials of several workers (Ray Train) on the two nodes ---------------------------------------
+
+def test_one_and_two_worker_trials_of_one_sweep_on_both_nodes(cluster, tmp_path):
+    """resources.workers on the loopback cluster, in one submitted sweep: a 1-worker trial, a 2-worker
+    trial of the same global batch (8 = 4 x 2 workers; with 1 CPU per node and per worker, its two
+    gloo workers run one on each node), and its twin whose worker process is SIGKILLed at step 9:
+    Ray Train restarts the worker group from the step-6 checkpoint. The twin logs every 3 steps
+    instead of 2 (a setting that changes no number, and keeps dedup from merging it with the
+    undisturbed one); a peak-0 trial is the report's baseline."""
+    import pandas as pd
+
+    steps = 12
+    base = tiny_tree(train={"steps": steps, "batch_size": 8, "eval_every": 6, "log_every": 2})
+    spec = {"name": "dp", "storage": str(tmp_path / "store"), "base": base,
+            "grid": {"configuration": {"peak-0": {"locality": {"peak": 0.0}}, "one-worker": {},
+                                       "two-workers": {"train": {"workers": 2, "batch_size": 4}},
+                                       "two-workers-killed": {"train": {"workers": 2, "batch_size": 4, "log_every": 3}}},
+                     "seeds": [1]},
+            "resources": {"cpu": 1}, "retries": 1, "checkpoint_every": 6}
+    (tmp_path / "dp.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.env["RAY_AUTH_TOKEN"], PYTHONPATH=str(REPO))
+    fault = f"LOCALIST_FAULT=kill@9:{tmp_path / 'killed'}#two-workers-killed__s1"
+    fast = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5"  # Train polls its workers (reports, commits, deaths) 4x as often
+    t0 = time.time()
+    proc = subprocess.run(CLI + ["submit", "dp.yaml", "--address", cluster.address, "--follow", "--env", fault,
+                                 "--env", fast], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    print(f"\nsubmit --follow (one 1-worker and two 2-worker trials): {time.time() - t0:.1f}s")
+    assert "2 workers x (1 CPU) = 2 CPU per trial" in out and (tmp_path / "killed").exists()
+
+    results = tmp_path / "store" / "dp" / "results"
+    trials = pd.read_parquet(results / "trials.parquet").set_index("configuration")
+    assert set(trials.status) == {"completed"}
+    assert list(trials.loc[["one-worker", "two-workers"], "global_batch"]) == [8, 8]
+    assert trials.loc["two-workers", "train.workers"] == 2 and trials.loc["one-worker", "attempts"] == 1
+    steps_df, layers = pd.read_parquet(results / "steps.parquet"), pd.read_parquet(results / "layers.parquet")
+
+    def rows(df, config, cols):
+        return df[df.configuration == config].sort_values([c for c in ("step", "split", "layer") if c in df])[cols]
+
+    # the loss curve, eval losses (also by position in block) and per-layer statistics of 1 and 2 workers
+    one, two = (rows(steps_df, c, ["step", "split", "loss", "lr", "tokens_seen"]).to_numpy() for c in
+                ("one-worker", "two-workers"))
+    assert one.shape == two.shape == (steps // 2 + 2, 5)
+    assert (one[:, :2] == two[:, :2]).all() and abs(one[:, 2:].astype(float) - two[:, 2:].astype(float)).max() < 1e-5
+    stat = ["entropy_bits", "entropy_norm", "in_block_mass"]
+    assert abs(rows(layers, "one-worker", stat).to_numpy() - rows(layers, "two-workers", stat).to_numpy()).max() < 1e-5
+    pos = ["eval_loss", "eval_loss_pos1", "eval_loss_pos2_4", "eval_loss_pos5p"]
+    assert abs(trials.loc["one-worker", pos] - trials.loc["two-workers", pos]).max() < 1e-5
+
+    # the killed trial: a second attempt from its checkpoint, ending where the undisturbed one ends
+    killed = tmp_path / "store" / "dp" / "trials" / "two-workers-killed__s1"
+    starts = [json.loads(p.read_text()) for p in sorted((killed / "attempts").glob("*.json"))]
+    assert [a["from_checkpoint"] for a in starts] == [False, True], starts
+    assert "resumed from step 6" in out
+    assert abs(trials.loc["two-workers-killed", pos] - trials.loc["two-workers", pos]).max() < 1e-6
+    assert abs(rows(layers, "two-workers-killed", stat).to_numpy() - rows(layers, "two-workers", stat).to_numpy()).max() < 1e-6
+    assert list(rows(steps_df, "two-workers-killed", ["step"]).step.unique()) == [3, 6, 9, 12]
+    assert not list((tmp_path / "store" / "dp" / "tune").rglob("train"))  # completed: no Train checkpoints left

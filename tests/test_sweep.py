@@ -368,7 +368,8 @@ def test_report_of_a_real_sweep_says_what_was_run(finished):
     assert prov["sweep"] == "tiny" and prov["description"] == "a tiny real sweep of the tests"
     assert prov["model"] == {"name": "tiny", "n_layer": 3, "n_embd": 64, "n_head": 2, "n_params": n_params}
     assert prov["data"]["corpus"] == "corpus.txt" and prov["data"]["seq_len"] == 64
-    assert prov["train"] == {"steps": 12, "batch_size": 4, "grad_accum": 1, "tokens_per_trial": 12 * 4 * 64}
+    assert prov["train"] == {"steps": 12, "batch_size": 4, "grad_accum": 1, "workers": 1, "global_batch": 4,
+                             "tokens_per_trial": 12 * 4 * 64}
     assert prov["seeds"] == [1] and prov["trials"] == {"rows": 5, "runs": 4, "deduplicated": 1, "excluded": 0}
     assert prov["versions"]["torch"] == trials["version.torch"].iloc[0] and prov["versions"]["ray"]
     assert prov["devices"] == "cpu" and prov["wall_s"]["total"] == pytest.approx(

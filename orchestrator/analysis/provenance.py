@@ -2,7 +2,8 @@
 
 Everything is read from what the sweep left behind (``sweep.yaml`` and the consolidated
 ``results/trials.parquet``), so a report regenerated later still says what was run: model shape
-and parameter count, corpus and tokens, steps, batch, sequence length, seeds, how many trials ran,
+and parameter count, corpus and tokens, steps, batch, data-parallel workers and global batch,
+sequence length, seeds, how many trials ran,
 were deduplicated or excluded, the package versions and devices of the trials, and their wall
 time. The git commit is that of the code doing the aggregation (its source folder, else the
 working directory), taken when git and a repository are there, else left empty.
@@ -26,7 +27,8 @@ from orchestrator.analysis.paper import scale_gap
 
 COLUMNS = ("trial_id", "run_trial_id", "deduplicated", "status", "seed", "model.name", "model.n_layer",
            "model.n_embd", "model.n_head", "n_params", "data.corpus", "data.max_chars", "data.seq_len",
-           "data.vocab_size", "train.steps", "train.batch_size", "train.grad_accum", "train_tokens",
+           "data.vocab_size", "train.steps", "train.batch_size", "train.grad_accum", "train.workers",
+           "global_batch", "train_tokens",
            "device", "hostname", "wall_s", "version.localist", "version.torch", "version.transformers",
            "version.accelerate", "version.ray")
 
@@ -80,7 +82,8 @@ def collect(sweep_uri: str, trials: pd.DataFrame, n_excluded: int) -> dict:
         "data": {"corpus": _values(runs, "data.corpus"), "max_chars": _values(runs, "data.max_chars"),
                  "vocab_size": _values(runs, "data.vocab_size"), "seq_len": _values(runs, "data.seq_len")},
         "train": {"steps": _values(runs, "train.steps"), "batch_size": _values(runs, "train.batch_size"),
-                  "grad_accum": _values(runs, "train.grad_accum"),
+                  "grad_accum": _values(runs, "train.grad_accum"), "workers": _values(runs, "train.workers"),
+                  "global_batch": _values(runs, "global_batch"),  # sequences per step, over all workers
                   "tokens_per_trial": _plain(tokens.max()) if tokens.notna().any() else None},
         "seeds": [int(s) for s in sorted(pd.to_numeric(trials["seed"], errors="coerce").dropna().unique())],
         "trials": {"rows": int(len(trials)), "runs": int(len(runs)), "deduplicated": int(dedup.sum()),

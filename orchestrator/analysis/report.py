@@ -160,7 +160,8 @@ def _provenance_section(data: ReportInput) -> str:
                          ("vocabulary {}", d["vocab_size"]))),
         ("tokens", f"{t['tokens_per_trial']:,} training tokens per trial" if t["tokens_per_trial"] else "not recorded"),
         ("training", parts(("{} steps", t["steps"]), ("batch {}", t["batch_size"]),
-                           ("{} accumulation", t["grad_accum"]), ("seq_len {}", d["seq_len"]))),
+                           ("{} accumulation", t["grad_accum"]), ("{} workers", t.get("workers")),
+                           ("global batch {} sequences", t.get("global_batch")), ("seq_len {}", d["seq_len"]))),
         ("seeds", _join(p["seeds"])),
         ("trials", f"{n['rows']} cell x seed rows run as {n['runs']} trials ({n['deduplicated']} deduplicated "
                    f"onto a shared run); {n['excluded']} excluded"),

@@ -19,7 +19,7 @@ from localist.config import ConfigError
 from localist.data import prepare
 from localist.errors import UserError
 from orchestrator import layout
-from orchestrator.sweep import console, ray_start, status, tracking, tuners
+from orchestrator.sweep import console, ray_start, status, tracking, train_workers, tuners
 from orchestrator.sweep.collect import collect
 from orchestrator.sweep.lock import SweepLock
 from orchestrator.spec import SweepSpec, Trial, check_files, expand, runs
@@ -68,15 +68,28 @@ def _prepare_data(trials: list[Trial], log) -> None:
                 datasets[key].blocks(split, loc)
 
 
-def _cluster_slots(spec: SweepSpec, n_runs: int, where: str, sweep_uri: str, log) -> int:
-    """Refuse a sweep whose trial fits on no node; record how many trials run at once (for ETAs)."""
-    req = ray_start.request(spec.resources.cpu, spec.resources.gpu)
+def _cluster_slots(spec: SweepSpec, trials: list[Trial], where: str, sweep_uri: str, log) -> int:
+    """Refuse a sweep whose trial the cluster cannot hold; record how many trials run at once (for
+    ETAs), counted for its trial of most workers (the GPUs, or CPUs, one trial takes)."""
+    r = spec.resources
+    req = ray_start.request(r.cpu, r.gpu)
+    workers = train_workers.most_workers(runs(trials).values())
     nodes = ray_start.node_resources()
-    ray_start.check_fits(req, nodes, where)
-    slots = ray_start.slots(req, nodes, spec.max_concurrent, n_runs)
+    ray_start.check_fits(req, nodes, where, workers, r.span_nodes)
+    slots = ray_start.slots(req, nodes, spec.max_concurrent, max(len(runs(trials)), 1), workers, r.span_nodes)
     io.write_text(layout.driver_file(sweep_uri), json.dumps({"slots": slots, "where": where, "time": time.time()}))
-    log(f"[sweep] {len(nodes)} node(s) on {where}: {slots} trial(s) at a time")
+    log(f"[sweep] {len(nodes)} node(s) on {where}: {slots} trial(s) at a time "
+        f"({train_workers.per_trial_line(spec, workers)})")
     return slots
+
+
+def tune_spec(spec: SweepSpec, trials: list[Trial], slots: int, log) -> SweepSpec:
+    """The spec the Tuners run: with trials of several workers, max_concurrent defaults to the slots
+    (the cluster's GPUs, or CPUs, over one trial's): Tune sees only their drivers, which take none."""
+    if spec.max_concurrent or train_workers.most_workers(runs(trials).values()) <= 1:
+        return spec
+    log(f"[sweep] max_concurrent: {slots} (trials of several workers: Tune sees only their drivers)")
+    return spec.model_copy(update={"max_concurrent": slots})
 
 
 class _ResumeHint(logging.Filter):
@@ -166,7 +179,8 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
         try:
             where = ray_start.start(address, log)
             quiet.attach()
-            slots = _cluster_slots(spec, max(len(runs(trials)), 1), where, sweep_uri, log)
+            slots = _cluster_slots(spec, trials, where, sweep_uri, log)
+            tuned = tune_spec(spec, trials, slots, log)
             _prepare_data(trials, log)
 
             def fit(tuner, ticked: list[Trial] | None = None):
@@ -192,9 +206,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             if spec.search:
                 from orchestrator.sweep import search_run
 
-                trials = search_run.run(spec, source, sweep_uri, log, fit)
+                trials = search_run.run(tuned, source, sweep_uri, log, fit)
             else:
-                tuner, restored = tuners.grid_tuner(spec, trials, sweep_uri, log)
+                tuner, restored = tuners.grid_tuner(tuned, trials, sweep_uri, log)
                 if restored:
                     log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
                 tuners.mark_final_errors(fit(tuner, trials), sweep_uri)

@@ -3,7 +3,10 @@
 Cost is stated per run and in total: steps, tokens, FLOPs (6 x params x tokens), storage
 (checkpoints from the parameter count and keep_checkpoints, results, saved models) and, when a
 throughput is known (`--tokens-per-s`, or a figure `benchmarks/gpu_check.py` recorded for this
-model shape), trial-hours and wall time on the cluster's slots. All of it is an estimate.
+model shape), trial-hours and wall time on the cluster's slots. All of it is an estimate. The
+throughput is one worker's: a trial of N data-parallel workers is taken to train N times as fast
+(ideal scaling), and costs N times the GPU-hours per hour. Each trial's workers, GPUs and global
+batch (batch_size x grad_accum x workers) are in its row.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from localist.attention import describe_paths, layer_paths
 from localist.compute import flex_decision
 from localist.schedules import layer_lambdas
 from orchestrator.spec import SweepSpec, Trial, runs
+from orchestrator.sweep.train_workers import per_trial_line
 
 
 def _tokens(cfg) -> int:
     t = cfg.train
-    return t.steps * t.batch_size * t.grad_accum * cfg.data.seq_len
+    return t.steps * t.global_batch * cfg.data.seq_len  # over all workers
 
 
 def _params(cfg, vocab: int) -> int | None:
@@ -136,24 +140,57 @@ def compute_lines(spec: SweepSpec, unique: dict, tokens_per_s: float | None = No
                  + f" = {human(results + models, 'B')} kept after the sweep")
     if tokens_per_s:
         gpus = spec.resources.gpu
-        hours = [n / tokens_per_s / 3600 for n in tokens]
-        unit = f"GPU-hours ({gpus:g} GPU per trial)" if gpus else f"CPU trial-hours ({spec.resources.cpu:g} CPU each)"
+        workers = [c.train.workers for c in cfgs]
+        hours = [n / (tokens_per_s * w) / 3600 for n, w in zip(tokens, workers)]  # ideal data-parallel scaling
+        total_h = sum(hours)
+        per_trial = sorted({w * (gpus or spec.resources.cpu) for w in workers})
+        each = "/".join(f"{x:g}" for x in per_trial)
+        unit = f"GPU-hours ({each} GPU per trial)" if gpus else f"CPU trial-hours ({each} CPU each)"
         from orchestrator.sweep.status import duration
 
-        total_h = sum(hours)
-        lines.append(f"  time at {tokens_per_s:,.0f} tokens/s per trial ({tps_source}): "
+        whose = "per trial" if max(workers) == 1 else "per worker (a trial of N workers: N times as fast)"
+        lines.append(f"  time at {tokens_per_s:,.0f} tokens/s {whose} ({tps_source}): "
                      f"{per_run([h * 3600 for h in hours], duration)} per run, "
-                     f"{total_h * (gpus or 1):,.1f} {unit}")
+                     f"{sum(h * w for h, w in zip(hours, workers)) * (gpus or 1):,.1f} {unit}")
         counts = [slots] if slots else sorted({1, 8, 32, spec.max_concurrent or 1, len(cfgs)})
         walls = []
         for n in counts:
             # runs are alike, so n slots finish ceil(runs / n) rounds of the longest run
             waves = math.ceil(len(cfgs) / n)
-            walls.append(f"{duration(max(max(hours) * 3600 * waves, total_h * 3600 / n))} on {n} slot{'s' * (n > 1)}")
+            gpus_at_once = f" ({n * max(per_trial):g} GPUs)" if gpus and max(workers) > 1 else ""
+            walls.append(f"{duration(max(max(hours) * 3600 * waves, total_h * 3600 / n))} on {n} slot{'s' * (n > 1)}"
+                         + gpus_at_once)
         lines.append("  wall time: " + ", ".join(walls))
     else:
-        lines.append("  time: give --tokens-per-s N (one trial's training throughput) for GPU-hours and wall time")
+        lines.append("  time: give --tokens-per-s N (one trial's training throughput, one worker's for trials of "
+                     "several workers) for GPU-hours and wall time")
     return lines
+
+
+def resources_line(spec: SweepSpec, trials: list[Trial]) -> str:
+    """'1 CPU per trial' or '4 workers x (8 CPU, 1 GPU) = 4 GPU, 32 CPU per trial', per distinct worker count."""
+    counts = sorted({t.config.train.workers for t in trials}) or [spec.resources.workers]
+    line = "; ".join(per_trial_line(spec, w) for w in counts)
+    if max(counts) > 1:
+        line += f" (Ray Train; workers {'may span nodes' if spec.resources.span_nodes else 'on one node'})"
+    return line
+
+
+def concurrency_default(trials: list[Trial]) -> str:
+    """What max_concurrent: null means (driver.tune_spec)."""
+    if max((t.config.train.workers for t in trials), default=1) > 1:
+        return "the trials the cluster holds at once when the sweep starts (its GPUs, or CPUs, over one trial's)"
+    return "as resources allow"
+
+
+def batch_lines(trials: list[Trial]) -> list[str]:
+    """The global batch of each distinct (batch_size, grad_accum, workers, seq_len)."""
+    seen = {}
+    for t in trials:
+        tc = t.config.train
+        seen[(tc.batch_size, tc.grad_accum, tc.workers, t.config.data.seq_len)] = tc.global_batch
+    return [f"global batch: {g:,} sequences = {g * seq:,} tokens per step (batch_size {b} x grad_accum {a} x "
+            f"{w} worker{'s' * (w > 1)})" for (b, a, w, seq), g in sorted(seen.items())]
 
 
 def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = None, slots: int | None = None) -> str:
@@ -167,6 +204,8 @@ def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = No
         rows.append({"trial_id": t.trial_id, **{a: t.coords.get(a, "") for a in spec.axes},
                      "comparator": t.comparator or "", "seed": t.seed,
                      "runs_as": "(runs)" if t.run_id == t.trial_id else t.run_id,
+                     "workers": c.train.workers, "gpus": f"{c.train.workers * spec.resources.gpu:g}",
+                     "global_batch": c.train.global_batch,
                      "mechanism": loc.mechanism, "partition": loc.partition,
                      "lambdas": ", ".join(f"{x:.2f}" for x in lambdas) if lambdas else "(from the model)",
                      f"attention ({device})": attention_paths(c, lambdas, device)})
@@ -177,7 +216,7 @@ def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = No
         cells = df[df["seed"] == spec.seeds[0]].drop(columns=["seed", "trial_id"])
         cells["runs_as"] = cells["runs_as"].str.replace(r"__s\d+$", "", regex=True)  # searched by that cell
         return "\n".join([f"sweep {spec.name!r} -> {spec.uri}", cells.to_string(index=False), "", *describe(spec),
-                          f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU"])
+                          f"resources: {resources_line(spec, trials)}"])
     unique = runs(trials)
     source = "--tokens-per-s"
     if not tokens_per_s:
@@ -192,7 +231,8 @@ def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = No
         "",
         f"results: {len(trials)} ({n_cells} grid cells x seeds + {n_comp} comparator trials)",
         f"runs after dedup: {len(unique)} ({len(trials) - len(unique)} deduplicated: identical effective configs)",
-        f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU;"
-        f" max concurrent: {spec.max_concurrent or 'as resources allow'}; retries: {spec.retries}",
+        f"resources: {resources_line(spec, trials)}; max concurrent: {spec.max_concurrent or concurrency_default(trials)};"
+        f" retries: {spec.retries}",
+        *batch_lines(trials),
     ]
     return "\n".join(lines + compute_lines(spec, unique, tokens_per_s, slots or spec.max_concurrent, source))

@@ -84,7 +84,8 @@ def connect(address: str, source: str, log) -> None:
 
 
 def request(cpu: float, gpu: float) -> dict[str, float]:
-    """One trial's resources in Ray's names (what `resources:` in the sweep file asks for)."""
+    """One trial's resources in Ray's names (what `resources:` in the sweep file asks for); for a
+    trial of several workers, one worker's."""
     return {k: v for k, v in {"CPU": cpu, "GPU": gpu}.items() if v > 0}
 
 
@@ -94,23 +95,50 @@ def node_resources() -> list[dict[str, float]]:
     return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
 
 
-def check_fits(req: dict[str, float], nodes: list[dict[str, float]], where: str) -> None:
-    """Exit 2 (ConfigError) unless some single node has every resource one trial asks for."""
-    if any(all(n.get(k, 0.0) >= v for k, v in req.items()) for n in nodes):
+def _holds(node: dict[str, float], req: dict[str, float]) -> int:
+    """How many of `req` (one worker's resources) fit on a node at once."""
+    return min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in req.items()) if req else 1
+
+
+def _asked(req: dict[str, float], times: int = 1) -> str:
+    return ", ".join(f"{v * times:g} {k}" for k, v in req.items())
+
+
+def check_fits(req: dict[str, float], nodes: list[dict[str, float]], where: str, workers: int = 1,
+               span_nodes: bool = True) -> None:
+    """Exit 2 (ConfigError) unless the cluster can run one trial: some node has every resource one
+    worker asks for, and there is room for all its workers (on one node unless they may span nodes)."""
+    holds = [_holds(n, req) for n in nodes]
+    if not any(holds):
+        short = [k for k, v in req.items() if max((n.get(k, 0.0) for n in nodes), default=0.0) < v] or list(req)
+        has = "; ".join(f"{k}: largest node has {max((n.get(k, 0.0) for n in nodes), default=0.0):g}, "
+                        f"cluster total {sum(n.get(k, 0.0) for n in nodes):g}" for k in short)
+        who = "one trial" if workers == 1 else f"one of a trial's {workers} workers"
+        raise ConfigError(f"resources: {who} asks for {_asked(req)}, but no node of {where} ({len(nodes)} node"
+                          f"{'s' if len(nodes) != 1 else ''}) has that ({has}). Lower `resources:` in the sweep "
+                          "file, or run on a cluster with such nodes (--address)")
+    if workers == 1:
         return
-    short = [k for k, v in req.items() if max((n.get(k, 0.0) for n in nodes), default=0.0) < v] or list(req)
-    has = "; ".join(f"{k}: largest node has {max((n.get(k, 0.0) for n in nodes), default=0.0):g}, "
-                    f"cluster total {sum(n.get(k, 0.0) for n in nodes):g}" for k in short)
-    asked = ", ".join(f"{v:g} {k}" for k, v in req.items())
-    raise ConfigError(f"resources: one trial asks for {asked}, but no node of {where} ({len(nodes)} node"
-                      f"{'s' if len(nodes) != 1 else ''}) has that ({has}). Lower `resources:` in the sweep "
-                      "file, or run on a cluster with such nodes (--address)")
+    trial = f"a trial of {workers} workers asks for {_asked(req, workers)}"
+    if not span_nodes and max(holds) < workers:
+        spans = " (the cluster has room for them across nodes)" if sum(holds) >= workers else ""
+        raise ConfigError(f"resources: {trial} on one node (span_nodes: false), but the largest node of {where} "
+                          f"holds {max(holds)} such worker(s){spans}. Let the workers span nodes "
+                          "(resources.span_nodes: true), use fewer workers, or larger nodes")
+    if sum(holds) < workers:
+        totals = "; ".join(f"{k}: cluster total {sum(n.get(k, 0.0) for n in nodes):g}" for k in req)
+        raise ConfigError(f"resources: {trial}, but all {len(nodes)} node(s) of {where} together hold "
+                          f"{sum(holds)} such worker(s) at once ({totals}). Use fewer workers, or a larger "
+                          "cluster (--address)")
 
 
-def slots(req: dict[str, float], nodes: list[dict[str, float]], max_concurrent: int | None, n_runs: int) -> int:
-    """How many trials can run at once: per node, the scarcest resource decides; then the caps."""
-    per_node = sum(min(math.floor(n.get(k, 0.0) / v + 1e-9) for k, v in req.items()) if req else 1 for n in nodes)
-    return max(1, min(per_node or 1, max_concurrent or n_runs, n_runs))
+def slots(req: dict[str, float], nodes: list[dict[str, float]], max_concurrent: int | None, n_runs: int,
+          workers: int = 1, span_nodes: bool = True) -> int:
+    """How many trials can run at once: per node, the scarcest resource decides how many workers
+    fit; a trial takes `workers` of them (from one node unless they may span nodes); then the caps."""
+    holds = [_holds(n, req) for n in nodes]
+    at_once = sum(h // workers for h in holds) if not span_nodes else sum(holds) // workers
+    return max(1, min(at_once or 1, max_concurrent or n_runs, n_runs))
 
 
 # A Ray this tool starts itself serves this machine alone, so it needs no token. The one place this

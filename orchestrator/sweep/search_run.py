@@ -24,20 +24,14 @@ from localist.outputs import trial_row
 from localist.config import TrainConfig, TrialConfig
 from orchestrator import layout
 from orchestrator.search import CELL_KEY, Search, rank, sampled, with_values
-from orchestrator.sweep import tune_state, tuners
+from orchestrator.sweep import train_workers, tune_state, tuners
 from orchestrator.sweep.search_plan import Group, confirm_trials, groups, started
-from orchestrator.spec import SweepSpec, Trial, cells, check_files
+from orchestrator.spec import SweepSpec, Trial, cells, check_files, sweep_keys
 
 
 def _trees(spec: SweepSpec) -> dict[str, dict]:
     """cell name -> its partial trial tree as a trial of the sweep gets it."""
-    out = {}
-    for c in cells(spec):
-        tree = json.loads(json.dumps(c.tree))
-        if spec.checkpoint_every:
-            tree.setdefault("train", {})["checkpoint_every"] = spec.checkpoint_every
-        out[c.name] = tree
-    return out
+    return {c.name: sweep_keys(spec, json.loads(json.dumps(c.tree))) for c in cells(spec)}
 
 
 def _space(search: Search, group: Group) -> dict:
@@ -146,9 +140,16 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
     from orchestrator.sweep.trainable import search_trial
 
     search: Search = spec.search
-    fn = tune.with_parameters(search_trial, cells=_trees(spec), seed=spec.seeds[0], sweep_uri=sweep_uri,
-                              cpus=spec.resources.cpu)
-    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    trees = _trees(spec)
+    fn = tune.with_parameters(search_trial, cells=trees, seed=spec.seeds[0], sweep_uri=sweep_uri,
+                              cpus=spec.resources.cpu, scale=train_workers.scale(spec))
+    workers = {name: tree["train"]["workers"] for name, tree in trees.items()}
+
+    def workers_of(config: dict) -> int:  # a searched train.workers, else its cell's
+        return int(sampled(config).get("train.workers", workers[config[CELL_KEY]]))
+
+    multi = max(workers.values(), default=1) > 1 or "train.workers" in search.space
+    fn = tune.with_resources(fn, train_workers.tune_resources(spec, workers_of, multi))
     uri = layout.search_tune_dir(sweep_uri, group.name)
     fs, path = io.resolve(uri)
     callbacks = tuners.run_callbacks(spec, sweep_uri)  # trackers; the cleaner empties finished or stopped trials' checkpoints

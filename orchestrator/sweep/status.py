@@ -131,9 +131,9 @@ def slots(sweep_uri: str, spec, n_runs: int) -> int:
 
 
 def local_slots(spec, n_runs: int) -> int:
-    """Trials at a time on this machine: its CPUs over one trial's, capped by max_concurrent
-    (None: as many as the CPUs allow) and by the number of runs."""
-    by_cpu = int((os.cpu_count() or 1) // spec.resources.cpu) or 1
+    """Trials at a time on this machine: its CPUs over one trial's (resources.cpu for each of its
+    resources.workers), capped by max_concurrent (None: as many as the CPUs allow) and by the runs."""
+    by_cpu = int((os.cpu_count() or 1) // (spec.resources.cpu * spec.resources.workers)) or 1
     return max(1, min(n_runs, spec.max_concurrent or n_runs, by_cpu))
 
 

@@ -44,13 +44,14 @@ def metrics(step: int, n_layer: int, values: dict, status: str = "running", skip
     return out
 
 
-def sweep_trial(config: dict, runs: dict[str, dict], sweep_uri: str, cpus: float) -> None:
+def sweep_trial(config: dict, runs: dict[str, dict], sweep_uri: str, cpus: float, scale: dict | None = None) -> None:
     """A grid (or confirm) trial: its config is looked up by the trial id Tune passes."""
     trial_id = config["trial_id"]
-    _train(trial_id, lambda: TrialConfig.model_validate(runs[trial_id]), sweep_uri, cpus, search=False)
+    _train(trial_id, lambda: TrialConfig.model_validate(runs[trial_id]), sweep_uri, cpus, False, scale)
 
 
-def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str, cpus: float) -> None:
+def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str, cpus: float,
+                 scale: dict | None = None) -> None:
     """A search trial: its cell's tree plus the values the searcher sampled (dotted keys)."""
     from ray import tune
 
@@ -64,14 +65,12 @@ def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str
     name = tune.get_context().get_trial_name()
     # what was sampled, beside the results: a search continued after a torn save tells its searcher
     trial_files.write_values(layout.trial_dir(sweep_uri, name), sampled(config))
-    _train(name, build, sweep_uri, cpus, search=True)
+    _train(name, build, sweep_uri, cpus, True, scale)
 
 
-def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool) -> None:
-    """Run one trial into trials/<trial_id>/. A grid trial reports at every log and evaluation
-    (live metrics); a search trial only at evaluations and checkpoints, each with a finite eval
-    loss (what ASHA and the searcher act on). Every report carries the same keys (`metrics`)."""
-    import ray
+def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool, scale: dict | None) -> None:
+    """Run one trial into trials/<trial_id>/: in this process, or for a trial of several workers as
+    the driver of their Ray Train run (`train_workers.fit`; scale: the sweep's resources)."""
     from ray import tune
 
     # Tune runs a trial inside its own trial folder; relative paths in trial configs (a corpus
@@ -83,20 +82,39 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
         row = trial_files.read_result(out)
         _report(metrics(row["final_step"], row["n_layer_actual"], row, row["status"], skipped=1))
         return
-    torch.set_num_threads(max(1, int(cpus)))
     t0 = time.perf_counter()
     cfg = make_config()
     config_s = time.perf_counter() - t0
-    attempt = trial_files.attempts(out) + 1
-    checkpoint = tune.get_checkpoint()
+    if cfg.train.workers > 1:
+        from orchestrator.sweep import train_workers
+
+        train_workers.fit(trial_id, cfg, sweep_uri, search, scale or {}, run)
+        return
+    run(trial_id, cfg, sweep_uri, cpus, search, _report, tune.get_checkpoint(), config_s=config_s)
+
+
+def run(trial_id: str, cfg: TrialConfig, sweep_uri: str, cpus: float, search: bool, send, checkpoint,
+        main: bool = True, config_s: float = 0.0) -> None:
+    """Train one trial in this process (a Tune trial, or one worker of a Ray Train run) and report
+    through send(metrics, checkpoint_dir). A grid trial reports at every log and evaluation
+    (live metrics); a search trial only at evaluations and checkpoints, each with a finite eval
+    loss (what ASHA and the searcher act on). Every report carries the same keys (`metrics`).
+    Only the main process (rank 0 of several workers) writes the trial's attempt and error records."""
+    import ray
+
+    out = layout.trial_dir(sweep_uri, trial_id)
+    torch.set_num_threads(max(1, int(cpus)))
+    attempt = trial_files.attempts(out) + int(main)
     node_id = ray.get_runtime_context().get_node_id()
-    trial_files.write_attempt(out, attempt, {
-        "attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
-        "pid": os.getpid(), "from_checkpoint": checkpoint is not None})
+    if main:
+        trial_files.write_attempt(out, attempt, {
+            "attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
+            "pid": os.getpid(), "from_checkpoint": checkpoint is not None})
     try:  # given a GPU, a torch without usable CUDA would otherwise train on the CPU without a word
         compute.require_cuda(ray.get_gpu_ids())
     except compute.NoCudaError as e:
-        trial_files.write_error(out, attempt, str(e), traceback.format_exc())
+        if main:
+            trial_files.write_error(out, attempt, str(e), traceback.format_exc())
         raise
     # trial.parquet's extra columns; report_s grows with every report made during fit (the last,
     # after trial.parquet, is not in it)
@@ -106,7 +124,7 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
 
     def report(values: dict, checkpoint_dir: str | None = None) -> None:
         t = time.perf_counter()
-        _report(values, checkpoint_dir)
+        send(values, checkpoint_dir)
         extra["report_s"] += time.perf_counter() - t
 
     trainer.origin = {"sweep": layout.sweep_name(sweep_uri), "sweep_uri": sweep_uri}  # for the model card
@@ -145,6 +163,7 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
         result = trainer.fit(on_checkpoint=on_checkpoint, on_progress=on_progress,
                              on_eval=on_eval if search else None, on_metrics=None if search else on_metrics)
     except Exception as e:
-        trial_files.write_error(out, attempt, f"{type(e).__name__}: {e}", traceback.format_exc())
+        if main:
+            trial_files.write_error(out, attempt, f"{type(e).__name__}: {e}", traceback.format_exc())
         raise
-    _report(metrics(trainer.step, trainer.n_layer, trainer.metrics, result.status))
+    send(metrics(trainer.step, trainer.n_layer, trainer.metrics, result.status))

@@ -8,12 +8,13 @@ import os
 from localist import io, trial_files
 from orchestrator import layout
 from orchestrator.spec import SweepSpec, Trial, runs
-from orchestrator.sweep import tracking, tune_state
+from orchestrator.sweep import tracking, train_workers, tune_state
 
 
 def remove_checkpoints(trial_tune_dir: str) -> None:
+    """A trial's Tune checkpoints, and the Ray Train run of a multi-worker trial (its checkpoints)."""
     for name in io.listdir(trial_tune_dir):
-        if name.startswith(layout.TUNE_CHECKPOINT_PREFIX):
+        if name.startswith(layout.TUNE_CHECKPOINT_PREFIX) or name == layout.TRAIN_RUN:
             io.delete(io.join(trial_tune_dir, name))
 
 
@@ -45,7 +46,9 @@ def checkpoint_cleaner():
                 fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
                 for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
                     is_dir = entry.type == pafs.FileType.Directory
-                    if is_dir and entry.base_name.startswith(layout.TUNE_CHECKPOINT_PREFIX):
+                    if is_dir and entry.base_name == layout.TRAIN_RUN:  # never resumed: a rerun reports the result
+                        fs.delete_dir(entry.path)
+                    elif is_dir and entry.base_name.startswith(layout.TUNE_CHECKPOINT_PREFIX):
                         fs.delete_dir_contents(entry.path)
                         with fs.open_output_stream(f"{entry.path}/{layout.CHECKPOINT_EMPTIED}") as f:
                             f.write(b"emptied when the trial completed; its result is in trials/<run_id>/\n")
@@ -95,8 +98,11 @@ def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_u
     from orchestrator.sweep.trainable import sweep_trial
 
     run_cfgs = {k: v.model_dump(mode="json") for k, v in runs(trials).items()}
-    fn = tune.with_parameters(sweep_trial, runs=run_cfgs, sweep_uri=sweep_uri, cpus=spec.resources.cpu)
-    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    fn = tune.with_parameters(sweep_trial, runs=run_cfgs, sweep_uri=sweep_uri, cpus=spec.resources.cpu,
+                              scale=train_workers.scale(spec))
+    workers = {k: v.train.workers for k, v in runs(trials).items()}  # (a small closure: Tune pickles it)
+    fn = tune.with_resources(fn, train_workers.tune_resources(spec, lambda c: workers[c["trial_id"]],
+                                                              multi=max(workers.values(), default=1) > 1))
     # Tune gets the same pyarrow filesystem our own files use, so local paths, file://, s3://
     # (with an endpoint override) and gs:// all behave alike.
     uri = tune_uri or layout.tune_dir(sweep_uri)
