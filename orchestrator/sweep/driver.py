@@ -19,7 +19,7 @@ from localist.config import ConfigError
 from localist.data import prepare
 from localist.errors import UserError
 from orchestrator import layout
-from orchestrator.sweep import console, ray_start, status, tracking, tuners
+from orchestrator.sweep import console, preempt, ray_start, status, tracking, tuners
 from orchestrator.sweep.collect import collect
 from orchestrator.sweep.lock import SweepLock
 from orchestrator.spec import SweepSpec, Trial, check_files, expand, runs
@@ -116,11 +116,12 @@ class _Progress(threading.Thread):
 
 def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[[str], None] = print,
         aggregate: bool = True, progress_every: float = 20.0, sweep_uri: str | None = None,
-        verbose: bool = False) -> int:
+        verbose: bool = False, grace_s: float = preempt.GRACE_S) -> int:
     """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result.
 
     sweep_uri overrides <storage>/<name> (resume of a sweep folder that was renamed or copied).
     verbose: Ray's own console output instead of the quiet one (see orchestrator/sweep/console.py).
+    grace_s: on SIGTERM, SIGUSR1 or `sweep stop`, how long running trials get to checkpoint.
     """
     trials = expand(spec, source)
     check_files(trials, source)  # also on resume: the corpus must be readable from here
@@ -146,7 +147,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
         quiet = console.Console(sweep_uri, verbose, log)  # before Ray is imported
         import ray
 
+        drain = preempt.Drain(sweep_uri, grace_s, log)
         try:
+            drain.install()
             where = ray_start.start(address, log)
             quiet.attach()
             slots = _cluster_slots(spec, max(len(runs(trials)), 1), where, sweep_uri, log)
@@ -163,11 +166,12 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
                     _storage_alive(sweep_uri, e)
                     raise
                 finally:
+                    drain.fit_ended()
                     if ticker:
                         ticker.halt.set()
                 _storage_alive(sweep_uri)
                 unfinished = _unfinished(grid)
-                if unfinished:  # Tune stopped early (Ctrl-C, SIGUSR1) and returned as if it had finished
+                if unfinished or drain.stopping:  # Tune stopped early (Ctrl-C, a stop) and returned as if it had finished
                     raise _Interrupted(unfinished)
                 return grid
 
@@ -175,9 +179,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             if spec.search:
                 from orchestrator.sweep import search_run
 
-                trials = search_run.run(spec, source, sweep_uri, log, fit)
+                trials = search_run.run(spec, source, sweep_uri, log, fit, [drain.callback()])
             else:
-                tuner, restored = tuners.grid_tuner(spec, trials, sweep_uri, log)
+                tuner, restored = tuners.grid_tuner(spec, trials, sweep_uri, log, extra=[drain.callback()])
                 if restored:
                     log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
                 tuners.mark_final_errors(fit(tuner, trials), sweep_uri)
@@ -186,7 +190,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             for line in tracking.hints(spec.tracking, sweep_uri):
                 log(line)
         except _Interrupted as e:
-            log(f"[sweep] Ray Tune stopped with {e.args[0]} trial(s) unfinished; continue with: {hint.line}")
+            what = (f"stopped ({drain.by}), Tune's state saved" if drain.stopping
+                    else f"Ray Tune stopped with {e.args[0]} trial(s) unfinished")
+            log(f"[sweep] {what}; continue with: {hint.line}")
             return EXIT_INTERRUPTED
         except (KeyboardInterrupt, SystemExit):
             log(f"[sweep] interrupted; continue with: {hint.line}")
@@ -196,6 +202,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             if ray.is_initialized():  # Ray forwards worker lines asynchronously: let the last ones
                 time.sleep(LOG_GRACE_S)  # ("[trial] completed ...") arrive before it shuts down
             ray.shutdown()
+            drain.uninstall()  # after Ray: held trials have gone with it
             quiet.close()
         code = finish(spec, trials, sweep_uri, log, aggregate)
         errored = status.counts(status.run_states(sweep_uri, trials))["errored"]
@@ -225,10 +232,10 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
 
 
 def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True,
-           verbose: bool = False) -> int:
+           verbose: bool = False, grace_s: float = preempt.GRACE_S) -> int:
     """Continue the sweep stored at sweep_uri, wherever that folder now is and whatever its name."""
     if "://" not in sweep_uri:
         sweep_uri = os.path.abspath(os.path.expanduser(sweep_uri))
     spec = layout.load_saved(sweep_uri)
     return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate,
-               sweep_uri=sweep_uri, verbose=verbose)
+               sweep_uri=sweep_uri, verbose=verbose, grace_s=grace_s)

@@ -18,8 +18,9 @@ import torch
 
 from localist import compute, trial_files
 from localist.config import TrialConfig
-from localist.trainer import Trainer
+from localist.trainer import Preempted, Trainer
 from orchestrator import layout
+from orchestrator.sweep import preempt
 
 
 def _report(metrics: dict, checkpoint_dir: str | None = None) -> None:
@@ -34,12 +35,15 @@ EVAL_KEYS = ("eval_loss", "eval_ppl")
 LAYER_KEYS = ("entropy_bits", "in_block_mass")
 
 
-def metrics(step: int, n_layer: int, values: dict, status: str = "running", skipped: int = 0) -> dict:
+def metrics(step: int, n_layer: int, values: dict, status: str = "running", skipped: int = 0,
+            stop_checkpoint: int = 0) -> dict:
     """One Tune report: always the same keys in the same order (Tune's progress.csv takes its columns
     from a trial's first report), NaN where this step has no such number (TensorBoard skips NaN).
-    timesteps_total is the training step: TensorBoard and MLflow use it as the x axis."""
+    timesteps_total is the training step: TensorBoard and MLflow use it as the x axis.
+    stop_checkpoint 1: the report carries the checkpoint a stop request asked for (preempt.Drain waits for it)."""
     keys = TRAIN_KEYS + EVAL_KEYS + tuple(f"layer{i}/{q}" for i in range(n_layer) for q in LAYER_KEYS)
-    out = {"step": step, "timesteps_total": step, "status": status, "skipped": skipped}
+    out = {"step": step, "timesteps_total": step, "status": status, "skipped": skipped,
+           preempt.STOP_CHECKPOINT: stop_checkpoint}
     out.update({k: float(values.get(k, math.nan)) for k in keys})
     return out
 
@@ -70,10 +74,8 @@ def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str
 def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool) -> None:
     """Run one trial into trials/<trial_id>/. A grid trial reports at every log and evaluation
     (live metrics); a search trial only at evaluations and checkpoints, each with a finite eval
-    loss (what ASHA and the searcher act on). Every report carries the same keys (`metrics`)."""
-    import ray
-    from ray import tune
-
+    loss (what ASHA and the searcher act on). Every report carries the same keys (`metrics`).
+    A stop request (`preempt`) makes it checkpoint after its current step and hold there."""
     # Tune runs a trial inside its own trial folder; relative paths in trial configs (a corpus
     # file, a local model) mean the folder the worker started in, as they do for `localist train`.
     if os.environ.get("TUNE_ORIG_WORKING_DIR"):
@@ -83,14 +85,26 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
         row = trial_files.read_result(out)
         _report(metrics(row["final_step"], row["n_layer_actual"], row, row["status"], skipped=1))
         return
+    stop_requested = preempt.Watcher(sweep_uri)  # `sweep stop`, or a signal to the driver
+    stop_requested.start()
+    try:
+        _run(trial_id, out, make_config, sweep_uri, cpus, search, stop_requested)
+    finally:  # a reused worker runs other trials next
+        stop_requested.close()
+
+
+def _run(trial_id: str, out: str, make_config, sweep_uri: str, cpus: float, search: bool, stop_requested) -> None:
+    import ray
+    from ray import tune
+
     torch.set_num_threads(max(1, int(cpus)))
     cfg = make_config()
     attempt = trial_files.attempts(out) + 1
     checkpoint = tune.get_checkpoint()
     node_id = ray.get_runtime_context().get_node_id()
-    trial_files.write_attempt(out, attempt, {
-        "attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
-        "pid": os.getpid(), "from_checkpoint": checkpoint is not None})
+    record = {"attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
+              "pid": os.getpid(), "from_checkpoint": checkpoint is not None, "start_step": 0}
+    trial_files.write_attempt(out, attempt, record)
     try:  # given a GPU, a torch without usable CUDA would otherwise train on the CPU without a word
         compute.require_cuda(ray.get_gpu_ids())
     except compute.NoCudaError as e:
@@ -105,6 +119,8 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
                 print(f"[{trial_id}] its checkpoint was emptied when Tune stopped it: starting from step 0", flush=True)
             else:
                 trainer.load_checkpoint(d)
+                record["start_step"] = trainer.step
+                trial_files.write_attempt(out, attempt, record)
 
     def last_eval(tr: Trainer) -> float:
         return next((r["loss"] for r in reversed(tr.step_rows) if r["split"] == "eval"), math.nan)
@@ -119,7 +135,9 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
             values.setdefault("eval_ppl", math.exp(loss) if loss < 700 else math.inf)
         with tempfile.TemporaryDirectory() as d:
             tr.save_checkpoint(d)
-            _report(metrics(tr.step, tr.n_layer, values), d)
+            if tr.stopping:  # before the report: the driver may end this process once Tune has it
+                trial_files.write_attempt(out, attempt, {**record, "stopped_at_step": tr.step})
+            _report(metrics(tr.step, tr.n_layer, values, stop_checkpoint=int(tr.stopping)), d)
 
     def on_progress(info: dict) -> None:
         trial_files.write_progress(out, {**info, "attempt": attempt})
@@ -132,7 +150,12 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
 
     try:
         result = trainer.fit(on_checkpoint=on_checkpoint, on_progress=on_progress,
-                             on_eval=on_eval if search else None, on_metrics=None if search else on_metrics)
+                             on_eval=on_eval if search else None, on_metrics=None if search else on_metrics,
+                             stop_requested=stop_requested)
+    except Preempted as stopped:  # its checkpoint is with Tune: wait for the driver to end the process
+        print(f"[{trial_id}] stop requested: checkpoint at step {stopped.args[0]} saved, waiting for the driver",
+              flush=True)
+        preempt.hold()
     except Exception as e:
         trial_files.write_error(out, attempt, f"{type(e).__name__}: {e}", traceback.format_exc())
         raise

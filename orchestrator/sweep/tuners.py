@@ -55,9 +55,10 @@ def checkpoint_cleaner():
     return EmptyFinishedCheckpoints()
 
 
-def run_callbacks(spec: SweepSpec, sweep_uri: str) -> list:
-    """Tune callbacks of every Tuner of a sweep: the trackers, then the checkpoint cleaner."""
-    return tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [checkpoint_cleaner()]
+def run_callbacks(spec: SweepSpec, sweep_uri: str, extra: list = ()) -> list:
+    """Tune callbacks of every Tuner of a sweep: the trackers, the checkpoint cleaner, then the
+    driver's own (`extra`: its stop on request, orchestrator/sweep/preempt.py)."""
+    return tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [checkpoint_cleaner(), *extra]
 
 
 def run_config(spec: SweepSpec, path: str, fs, callbacks: list):
@@ -88,8 +89,10 @@ def restore(uri: str, fn, callbacks: list, log, param_space: dict | None = None)
     return tuner
 
 
-def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_uri: str | None = None):
-    """tune_uri: the experiment folder (default <sweep>/tune; a search's later seed rounds use others)."""
+def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_uri: str | None = None,
+               extra: list = ()):
+    """tune_uri: the experiment folder (default <sweep>/tune; a search's later seed rounds use others);
+    extra: more Tune callbacks (run_callbacks)."""
     from ray import tune
 
     from orchestrator.sweep.trainable import sweep_trial
@@ -101,7 +104,7 @@ def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_u
     # (with an endpoint override) and gs:// all behave alike.
     uri = tune_uri or layout.tune_dir(sweep_uri)
     fs, path = io.resolve(uri)
-    callbacks = run_callbacks(spec, sweep_uri)
+    callbacks = run_callbacks(spec, sweep_uri, extra)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         return restore(uri, fn, callbacks, log), True
     tuner = tune.Tuner(
