@@ -4,7 +4,8 @@ LOCALIST_FAULT - comma-separated trial faults, each KIND@STEP[:MARKER][#TRIAL_ID
   KIND 'raise' (an exception at that step) or 'nan' (a non-finite loss); with MARKER (a file
   path) it fires once, only while the file does not exist, creating it; with #TRIAL_ID only in
   that trial. KIND 'wait': the trial waits before that step until MARKER exists (a test holds
-  trials where it wants them, then lets them go).
+  trials where it wants them, then lets them go), having created MARKER.held-TRIAL_ID (a test sees
+  which trials are held).
 LOCALIST_CRASH_AT - POINT[:MARKER]: the sweep driver SIGKILLs itself at that point
   ('prepare', 'collect'), once when a marker is given.
 """
@@ -38,6 +39,8 @@ def check(step: int, trial_id: str) -> str | None:
         if int(at) != step or (only and only != trial_id):
             continue
         if kind == "wait":
+            if not os.path.exists(marker):
+                open(f"{marker}.held-{trial_id}", "w").close()
             while not os.path.exists(marker):
                 time.sleep(0.2)
             continue

@@ -17,6 +17,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+# S3 credentials, region and endpoint override as pyarrow (and every AWS tool) reads them from the
+# environment (AWS_ENDPOINT_URL is how S3-compatible stores are reached). Paths such as AWS_PROFILE
+# or AWS_SHARED_CREDENTIALS_FILE are left out: they mean nothing on another machine.
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+          "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 

@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 
 from localist import io
-from tests.helpers import CLI, attempts, env, held, kill_session, progress_step, wait_for, write_sweep
+from tests.helpers import (CLI, attempts, env, held, kill_session, progress_step, same_results, wait_for,
+                           write_sweep)
 from tests.test_s3_storage import moto_s3, s3_env  # noqa: F401 - the S3 server fixtures
 
-# What legitimately differs between two runs of the same trial: timing, memory and provenance.
-VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s"}
 STEPS, CKPT = 100, 10
 HELD = "uniform-strict__s1"  # the last of the sweeps' runs to start (two run at once): tests hold it
 
@@ -29,17 +28,6 @@ def sweep_file(tmp_path, name, store, **kw):
 def run_cli(args, timeout=300, **extra_env):
     return subprocess.run(CLI + args, env=env(**extra_env), capture_output=True, text=True, timeout=timeout,
                           start_new_session=True)
-
-
-def same_content(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> None:
-    cols = sorted(c for c in a.columns if c not in VOLATILE)
-    assert cols == sorted(c for c in b.columns if c not in VOLATILE)
-    a, b = (x[cols].sort_values(key).reset_index(drop=True) for x in (a, b))
-    for c in cols:
-        if pd.api.types.is_float_dtype(a[c]):
-            assert np.allclose(a[c], b[c], rtol=1e-6, atol=1e-9, equal_nan=True), c
-        else:
-            assert a[c].astype(str).tolist() == b[c].astype(str).tolist(), c
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +75,8 @@ def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     starts = attempts(sweep)
     assert all(starts[t] == 1 for t in finished_first)  # finished trials never ran again
-    for kind, key in (("trials", ["trial_id"]), ("steps", ["trial_id", "split", "step"]),
-                      ("layers", ["trial_id", "step", "layer"]), ("attention", ["trial_id", "layer", "query", "key"])):
-        mine = pd.read_parquet(sweep / "results" / f"{kind}.parquet")
-        assert not mine.duplicated(key).any(), kind
-        same_content(mine, pd.read_parquet(reference / "results" / f"{kind}.parquet"), key)
+    same_results(lambda kind: pd.read_parquet(sweep / "results" / f"{kind}.parquet"),
+                 lambda kind: pd.read_parquet(reference / "results" / f"{kind}.parquet"))
 
 
 @pytest.fixture(scope="module")

@@ -130,13 +130,12 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
     with SweepLock(sweep_uri):
         spec_f = layout.spec_file(sweep_uri)
         text = layout.spec_text(spec)
-        if io.exists(spec_f):
+        new = not io.exists(spec_f)
+        if not new:
             if not layout.same_sweep(io.read_text(spec_f), spec):
                 raise ConfigError(f"{source}: name: a different sweep named {spec.name!r} already exists at "
                                   f"{sweep_uri}; choose a new name or storage, or resume that one")
             log(f"[sweep] {sweep_uri} exists with this spec: continuing it (finished trials are kept)")
-        else:
-            io.write_text(spec_f, text)
         if spec.search:
             log(f"[sweep] {spec.name}: search, then {'confirm' if spec.search.confirm else 'no confirm'} -> {sweep_uri}")
         else:
@@ -153,6 +152,10 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             where = ray_start.start(address, log)
             quiet.attach()
             slots = _cluster_slots(spec, max(len(runs(trials)), 1), where, sweep_uri, log)
+            if ray_start.address_and_source(address)[0]:
+                ray_start.check_storage(sweep_uri, where)
+            if new:  # only once nothing refused it: fixing the file and running again must just work
+                io.write_text(spec_f, text)
             _prepare_data(trials, log)
 
             def fit(tuner, ticked: list[Trial] | None = None):
