@@ -63,6 +63,11 @@ def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_
         kill_session(proc)
     finished_first = {p.parent.name for p in sweep.glob("trials/*/trial.parquet")}
     assert 1 <= len(finished_first) < 4
+    # Tune's save torn by such a kill, both ways (on copies): mended before Tuner.restore (issue 20)
+    for how in ("ahead", "behind"):
+        check_mended_generator(sweep / "tune", tmp_path / how, how)
+    # and this sweep resumed from a torn save: its trial list lacks the held run, which its generator had made
+    tear(sweep / "tune", "ahead")
 
     # 3. killed while writing the consolidated results (trials.parquet written, the rest not)
     crashed = run_cli(["sweep", "resume", str(sweep), "--no-aggregate"], LOCALIST_CACHE=cache,
@@ -77,6 +82,47 @@ def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_
     assert all(starts[t] == 1 for t in finished_first)  # finished trials never ran again
     same_results(lambda kind: pd.read_parquet(sweep / "results" / f"{kind}.parquet"),
                  lambda kind: pd.read_parquet(reference / "results" / f"{kind}.parquet"))
+
+
+def tear(tune: Path, how: str) -> None:
+    """Tune's newest save of a grid torn as a kill between its two files leaves it. 'ahead': the
+    trial list lacks HELD, which the generator had made (restored as is, HELD would never run);
+    'behind': the generator is still to make HELD, which the list has (it would run twice)."""
+    from ray import cloudpickle
+    from ray.tune.search.basic_variant import _VariantIterator
+    from ray.tune.search.variant_generator import generate_variants
+
+    from orchestrator.sweep import grid_state, tune_state
+
+    if how == "ahead":
+        f = Path(tune_state.newest(str(tune)))
+        state = json.loads(f.read_text())
+        state["trial_data"] = [t for t in state["trial_data"] if json.loads(t[0])["config"]["trial_id"] != HELD]
+        f.write_text(json.dumps(state))
+        return
+    f = sorted(tune.glob(f"{grid_state.GENERATOR_PREFIX}*.json"))[-1]
+    gen = cloudpickle.loads(f.read_bytes())
+    it = gen["_iterators"][0]
+    it.variants = _VariantIterator([v for v in generate_variants(it.unresolved_spec)
+                                    if v[1]["config"]["trial_id"] == HELD])
+    gen["_finished"] = False
+    f.write_bytes(cloudpickle.dumps(gen))
+
+
+def check_mended_generator(tune: Path, copy: Path, how: str) -> None:
+    from ray import cloudpickle
+
+    from orchestrator.sweep import grid_state
+
+    shutil.copytree(tune, copy)
+    tear(copy, how)
+    said = []
+    assert grid_state.mend(str(copy), said.append)
+    to_come = 1 if how == "ahead" else 0
+    assert len(said) == 1 and said[0].endswith(f"mended, {to_come} still to come"), said
+    gen = cloudpickle.loads(sorted(copy.glob(f"{grid_state.GENERATOR_PREFIX}*.json"))[-1].read_bytes())
+    assert [v[1]["config"]["trial_id"] for v in gen["_iterators"][0].variants.iterable] == [HELD] * to_come
+    assert grid_state.mend(str(copy), said.append) and len(said) == 1  # in step now: nothing to do
 
 
 @pytest.fixture(scope="module")

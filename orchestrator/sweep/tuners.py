@@ -8,13 +8,7 @@ import os
 from localist import io, trial_files
 from orchestrator import layout
 from orchestrator.spec import SweepSpec, Trial, runs
-from orchestrator.sweep import tracking, tune_state
-
-
-def remove_checkpoints(trial_tune_dir: str) -> None:
-    for name in io.listdir(trial_tune_dir):
-        if name.startswith(layout.TUNE_CHECKPOINT_PREFIX):
-            io.delete(io.join(trial_tune_dir, name))
+from orchestrator.sweep import grid_state, tracking, tune_state
 
 
 def finished_checkpoints_removed(sweep_uri: str) -> None:
@@ -25,7 +19,7 @@ def finished_checkpoints_removed(sweep_uri: str) -> None:
         for name in io.listdir(experiment):
             trial = layout.trial_dir(sweep_uri, name)  # Tune's own files there have no trial folder
             if io.exists(trial) and (ended or trial_files.has_result(trial)):
-                remove_checkpoints(io.join(experiment, name))
+                tune_state.remove_checkpoints(io.join(experiment, name))
 
 
 def checkpoint_cleaner():
@@ -105,7 +99,8 @@ def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_u
     uri = tune_uri or layout.tune_dir(sweep_uri)
     fs, path = io.resolve(uri)
     callbacks = run_callbacks(spec, sweep_uri, extra)
-    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+    # a torn save (trial list and generator out of step) is mended first, or dropped (grid_state)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs) and grid_state.mend(uri, log):
         return restore(uri, fn, callbacks, log), True
     tuner = tune.Tuner(
         fn,
