@@ -17,6 +17,9 @@ import signal
 import time
 
 
+TRIAL_ENV = "LOCALIST_FAULT"  # read where trials run: a driver attached to a cluster passes it on
+
+
 class InjectedFault(RuntimeError):
     pass
 
@@ -32,7 +35,7 @@ def _fires_once(marker: str) -> bool:
 
 def check(step: int, trial_id: str) -> str | None:
     """The fault kind to apply at this step of this trial ('nan'), raising for 'raise' (after any 'wait')."""
-    for spec in filter(None, os.environ.get("LOCALIST_FAULT", "").split(",")):
+    for spec in filter(None, os.environ.get(TRIAL_ENV, "").split(",")):
         spec, _, only = spec.partition("#")
         kind, _, rest = spec.partition("@")
         at, _, marker = rest.partition(":")

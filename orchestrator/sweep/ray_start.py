@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from localist import faults
 from localist.config import ConfigError
 
 CONNECT_TIMEOUT_S = 45.0  # whole attach; with imports and validation the command ends within a minute
@@ -76,8 +77,12 @@ def connect(address: str, source: str, log) -> None:
             os._exit(2)  # ray.init cannot be interrupted from another thread
 
     threading.Thread(target=give_up, daemon=True).start()
+    # a test's trial faults reach trials on the cluster's nodes (a Ray Job passes its own environment)
+    fault = os.environ.get(faults.TRIAL_ENV)
+    job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    extra = {"runtime_env": {"env_vars": {faults.TRIAL_ENV: fault}}} if fault and not job else {}
     try:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **extra)
     except ConnectionError as e:
         raise ConfigError(f"cannot connect to the Ray cluster at {address} (from {source}): {e}") from None
     finally:
