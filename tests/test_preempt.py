@@ -104,3 +104,26 @@ def test_sweep_stop_with_no_driver_running_says_so(tmp_path):
     proc = subprocess.run(CLI + ["sweep", "stop", str(tmp_path / "nothing")], env=env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "not a sweep" in proc.stderr
+
+
+def test_sweep_stop_from_another_shell_asks_the_running_driver(tmp_path):
+    """With a driver holding the sweep (its lock taken here), `sweep stop` writes the request the
+    driver and its trials watch for; the driver's drain takes it from storage."""
+    import subprocess
+
+    from orchestrator.sweep.lock import SweepLock
+    from tests.helpers import CLI, env
+
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    (sweep / "sweep.yaml").write_text("name: s\n")
+    with SweepLock(str(sweep)):
+        proc = subprocess.run(CLI + ["sweep", "stop", str(sweep)], env=env(), capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert f"stop requested for the driver of {sweep} (pid {os.getpid()}" in proc.stdout
+        assert "localist sweep stop (pid" in preempt.requested(str(sweep))["by"]
+        said = []
+        d = preempt.Drain(str(sweep), log=said.append)
+        d._step([])  # a driver's next look at storage
+        assert d.stopping and said[0].startswith("[sweep] stop requested (localist sweep stop (pid")
