@@ -34,7 +34,9 @@ import yaml
 from benchmarks import undisturbed
 from benchmarks.common import machine
 from benchmarks.loopback import LocalCluster, node_env, s3_filesystem, s3_server
+from localist import trial_files
 from localist.config import QUICK_TRIAL
+from orchestrator import layout
 
 BUCKET = "chaos"
 CLI = [sys.executable, "-m", "orchestrator.cli"]
@@ -55,29 +57,29 @@ def sweep_file(folder: Path, trials: int, steps: int, kills: int) -> Path:
 
 
 class Storage:
-    """The sweep's trial records on S3, read as the killer needs them."""
+    """The sweep's trial records on S3, read as the killer needs them (the AWS_* of the server set here)."""
 
-    def __init__(self, fs, sweep: str):
-        self.fs, self.sweep = fs, sweep
-
-    def _json(self, path: str) -> dict | None:
-        try:
-            with self.fs.open_input_stream(path) as f:
-                return json.loads(f.read())
-        except (OSError, ValueError):
-            return None
+    def __init__(self, sweep_uri: str):
+        self.sweep = sweep_uri
 
     def attempts(self, run: str) -> list[dict]:
-        import pyarrow.fs as pafs
-
-        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.sweep}/trials/{run}/attempts", allow_not_found=True))
-        return [a for a in (self._json(i.path) for i in sorted(infos, key=lambda i: i.path)) if a]
+        d = layout.trial_dir(self.sweep, run)
+        out = []
+        for n in range(1, trial_files.attempts(d) + 1):
+            try:
+                out.append(trial_files.read_attempt(d, n))
+            except (OSError, ValueError):  # being written
+                pass
+        return out
 
     def done(self, run: str) -> bool:
-        return self.fs.get_file_info(f"{self.sweep}/trials/{run}/trial.parquet").type.name == "File"
+        return trial_files.has_result(layout.trial_dir(self.sweep, run))
 
     def step(self, run: str) -> int:
-        return (self._json(f"{self.sweep}/trials/{run}/progress.json") or {}).get("step", 0)
+        return (trial_files.read_progress(layout.trial_dir(self.sweep, run)) or {}).get("step", 0)
+
+    def result(self, run: str) -> dict:
+        return trial_files.read_result(layout.trial_dir(self.sweep, run), ["status", "eval_loss"])
 
 
 def soak(trials: int, kills: int, workers: int, steps: int, seed: int, timeout: float, log) -> dict:
@@ -92,8 +94,8 @@ def soak(trials: int, kills: int, workers: int, steps: int, seed: int, timeout: 
     cluster = driver = None
     kills_done: list[dict] = []
     try:
-        fs = s3_filesystem(s3_env)
-        fs.create_dir(BUCKET)
+        s3_filesystem(s3_env).create_dir(BUCKET)
+        os.environ.update(s3_env)  # this process reads the sweep's records through localist.io
         cluster = LocalCluster(node_env(secrets.token_hex(16), s3_env), head_cpus=0).start()
         for i in range(1, workers):
             cluster.add(f"worker{i}")
@@ -104,7 +106,7 @@ def soak(trials: int, kills: int, workers: int, steps: int, seed: int, timeout: 
         driver = subprocess.Popen(CLI + ["sweep", "run", str(spec), "--address", cluster.gcs, "--no-aggregate"],
                                   env=shell, stdout=open(root / "driver.out", "w"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
-        store = Storage(fs, f"{BUCKET}/sweeps/soak")
+        store = Storage(f"s3://{BUCKET}/sweeps/soak")
         deadline = t0 + timeout
         spare = 0
         while len(kills_done) < kills and driver.poll() is None and time.time() < deadline:
@@ -134,7 +136,7 @@ def soak(trials: int, kills: int, workers: int, steps: int, seed: int, timeout: 
             driver.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
             log("time is up: stopping the sweep")
-        result = _measure(store, fs, runs, reference, kills_done)
+        result = _measure(store, runs, reference, kills_done)
         result.update(driver_exit=driver.poll(), wall_s=round(time.time() - t0, 1))
         if result["driver_exit"] != 0:
             log("the driver's last lines:\n" + (root / "driver.out").read_text()[-3000:])
@@ -159,9 +161,7 @@ def _busy(store: Storage, runs: list[str], workers: dict[str, str]) -> dict[str,
     return out
 
 
-def _measure(store: Storage, fs, runs: list[str], reference: dict, kills: list[dict]) -> dict:
-    import pyarrow.parquet as pq
-
+def _measure(store: Storage, runs: list[str], reference: dict, kills: list[dict]) -> dict:
     recovery, redone, survived = [], 0, 0
     for k in kills:
         ok = True
@@ -175,11 +175,10 @@ def _measure(store: Storage, fs, runs: list[str], reference: dict, kills: list[d
         survived += ok
     completed, diffs = [], []
     for run in runs:
-        if store.done(run):
-            row = pq.read_table(f"{store.sweep}/trials/{run}/trial.parquet", filesystem=fs).to_pylist()[0]
-            if row["status"] == "completed":
-                completed.append(run)
-                diffs.append(abs(row["eval_loss"] - reference[run]))
+        row = store.result(run) if store.done(run) else {}
+        if row.get("status") == "completed":
+            completed.append(run)
+            diffs.append(abs(row["eval_loss"] - reference[run]))
     return {"faults_injected": len(kills), "faults_survived": survived, "trials": len(runs),
             "trials_completed": len(completed), "trials_lost": len(runs) - len(completed),
             "max_abs_eval_loss_diff": max(diffs) if diffs else None,

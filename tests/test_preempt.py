@@ -30,6 +30,18 @@ def drain(tmp_path):
             signal.signal(s, h)
 
 
+def saved_sweep(folder):
+    """A sweep folder as a driver leaves it before its trials start: its saved spec."""
+    from orchestrator import layout, spec
+    from tests.helpers import write_sweep
+
+    folder.mkdir()
+    f = write_sweep(folder.parent / "s.yaml", folder.name, folder.parent)
+    io_path = folder / "sweep.yaml"
+    io_path.write_text(layout.spec_text(spec.load(str(f))))
+    return folder
+
+
 class trial(types.SimpleNamespace):
     """What the drain reads of a Tune trial: its id, status, last result and name (str)."""
 
@@ -94,8 +106,7 @@ def test_sweep_stop_with_no_driver_running_says_so(tmp_path):
 
     import subprocess
 
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "sweep.yaml").write_text("name: s\n")
+    saved_sweep(tmp_path / "s")
     proc = subprocess.run(CLI + ["sweep", "stop", str(tmp_path / "s")], env=env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
@@ -114,9 +125,7 @@ def test_sweep_stop_from_another_shell_asks_the_running_driver(tmp_path):
     from orchestrator.sweep.lock import SweepLock
     from tests.helpers import CLI, env
 
-    sweep = tmp_path / "s"
-    sweep.mkdir()
-    (sweep / "sweep.yaml").write_text("name: s\n")
+    sweep = saved_sweep(tmp_path / "s")
     with SweepLock(str(sweep)):
         proc = subprocess.run(CLI + ["sweep", "stop", str(sweep)], env=env(), capture_output=True, text=True,
                               timeout=120)

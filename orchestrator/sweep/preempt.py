@@ -58,8 +58,7 @@ def stop(sweep_uri: str) -> str:
     """`localist sweep stop`: ask the sweep's running driver to stop; what to tell the user."""
     from orchestrator.sweep.lock import SweepLock
 
-    if not io.exists(layout.spec_file(sweep_uri)):
-        raise NoDriver(f"{sweep_uri}: not a sweep (no sweep.yaml); give the folder <storage>/<sweep name>")
+    layout.load_saved(sweep_uri)  # not a sweep: ConfigError (exit 2) saying so
     alive, who = SweepLock(sweep_uri).holder()
     if not alive:
         raise NoDriver(f"no driver is running the sweep at {sweep_uri} ({who}): nothing to stop. "
