@@ -52,8 +52,8 @@ class Row:
             return f"{self.value:.3f}x"
         if self.unit == "s":
             return f"{self.value:.3f} s"
-        if self.unit == "MB":
-            return f"{self.value:,.0f} MB"
+        if self.value != self.value or (abs(self.value) < 100 and self.value != int(self.value)):  # NaN; 3 digits
+            return f"{self.value:.3g} {self.unit}"
         return f"{self.value:,.0f} {self.unit}"
 
 

@@ -17,8 +17,8 @@ from localist.trainer import Trainer
 from orchestrator import layout
 from orchestrator import spec as sweep_spec
 
-# trial.parquet columns a sweep trial adds (where and how often it ran): placeholders here
-SWEEP_EXTRA = {"node_id": "", "node_ip": "", "attempts": 1}
+# trial.parquet columns a sweep trial adds (where and how often it ran, its own timings): placeholders here
+SWEEP_EXTRA = {"node_id": "", "node_ip": "", "attempts": 1, "setup_config_s": 0.0, "report_s": 0.0}
 
 
 def run(spec_file: str, out: str, aggregate: bool = True) -> str:

@@ -13,6 +13,9 @@ import re
 import numpy as np
 import torch
 
+# Bump when block_ids changes what it returns: a corpus cache keeps computed ids under this version.
+BLOCK_IDS_VERSION = 1
+
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before white space,
 # or at a paragraph break. Verse numbers and line breaks inside a paragraph are not ends.
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n\s*\n")

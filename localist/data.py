@@ -23,7 +23,7 @@ import numpy as np
 from filelock import FileLock
 
 from localist import faults
-from localist.blocks import block_ids, sentence_starts, token_boundaries
+from localist.blocks import BLOCK_IDS_VERSION, block_ids, sentence_starts, token_boundaries
 from localist.config import DataConfig, LocalityConfig
 
 CACHE_VERSION = "2"
@@ -156,9 +156,25 @@ class Dataset:
     cached: bool  # True when this call only loaded what an earlier one prepared
 
     def blocks(self, split: str, loc: LocalityConfig) -> np.ndarray:
-        """(N, seq_len) block ids for the partitioner of this trial."""
+        """(N, seq_len) block ids for the partitioner of this trial. A cached corpus keeps them beside
+        its tokens, once per partitioner: computing them is a Python loop over every sequence (a
+        tenth of a second to seconds), which every trial of a sweep would otherwise repeat."""
         starts = self.train_starts if split == "train" else self.eval_starts
-        return np.stack([block_ids(s, loc.partition, loc.min_len, loc.max_len) for s in starts])
+        if not self.tokenizer_path:  # synthetic data: nothing cached
+            return _block_ids(starts, loc)
+        f = Path(self.tokenizer_path).parent / (f"blocks-v{BLOCK_IDS_VERSION}-{split}-{loc.partition}"
+                                                f"-{loc.min_len}-{loc.max_len}.npy")
+        try:
+            return np.load(f)
+        except (OSError, ValueError):  # not there yet (or cut short): compute, then write it atomically
+            ids = _block_ids(starts, loc)
+            tmp = f.with_name(f"{f.stem}.tmp-{uuid.uuid4().hex[:8]}.npy")
+            try:
+                np.save(tmp, ids)
+                os.replace(tmp, f)
+            except OSError:  # a read-only cache: the ids are still right
+                tmp.unlink(missing_ok=True)
+            return ids
 
     @functools.cached_property
     def tokenizer(self):
@@ -172,6 +188,10 @@ class Dataset:
         if not self.tokenizer_path:
             return [f"<{int(i)}>" for i in ids]
         return [self.tokenizer.decode([int(i)]) for i in ids]
+
+
+def _block_ids(starts: np.ndarray, loc: LocalityConfig) -> np.ndarray:
+    return np.stack([block_ids(s, loc.partition, loc.min_len, loc.max_len) for s in starts])
 
 
 def cache_root(cfg: DataConfig) -> Path:

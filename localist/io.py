@@ -136,6 +136,28 @@ def listdir(uri: str) -> list[str]:
 
 
 @_retried()
+def list_files(uri: str) -> list[str]:
+    """Every file below a directory URI, as '/'-separated paths relative to it ([] when it does not
+    exist), from one recursive listing: on an object store one paginated LIST, not a call per folder."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    root = path.rstrip("/") + "/"
+    return sorted(i.path[len(root):] for i in infos if i.type == pafs.FileType.File and i.path.startswith(root))
+
+
+def map_threads(fn, items, threads: int = 16) -> list:
+    """``[fn(x) for x in items]`` on a thread pool: reads from storage wait on the network or the
+    disk, not the CPU, so a thousand small reads overlap (pyarrow releases the GIL while it waits)."""
+    items = list(items)
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+@_retried()
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically (temp name + rename on filesystems that have rename)."""
     fs, path = resolve(uri)
@@ -179,8 +201,11 @@ def write_parquet(table: pa.Table, uri: str) -> None:
 
 @_retried()
 def read_parquet(uri: str) -> pa.Table:
+    """A whole Parquet file, through one open (``pq.read_table(path, filesystem=...)`` asks for the
+    file's info and opens it twice: three calls per file on an object store, not one)."""
     fs, path = resolve(uri)
-    return pq.read_table(path, filesystem=fs)
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f)
 
 
 @_retried()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import time
 
 import pyarrow as pa
 
@@ -61,9 +62,11 @@ def write_rows(out: str, trial_id: str, steps: list[dict], layers: list[dict]) -
 
 def write_trial(out: str, trial_id: str, cfg: TrialConfig, summary: dict, steps: list[dict],
                 layers: list[dict], attention: list[dict]) -> dict:
-    """steps, layers and attention first; trial.parquet last, so its presence means 'complete'."""
+    """steps, layers and attention first; trial.parquet last, so its presence means 'complete'
+    (its ``outputs_s``: the seconds the three others took to write)."""
+    t0 = time.perf_counter()
     write_rows(out, trial_id, steps, layers)
     io.write_parquet(_table("attention", trial_id, attention), io.join(out, trial_files.ATTENTION))
-    row = trial_row(trial_id, cfg, summary)
+    row = trial_row(trial_id, cfg, {**summary, "outputs_s": time.perf_counter() - t0})
     io.write_parquet(pa.Table.from_pylist([row]), io.join(out, trial_files.TRIAL))
     return row

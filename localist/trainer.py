@@ -82,19 +82,32 @@ class Trainer:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
+        clock = time.perf_counter()
+        self.timings: dict[str, float] = {}  # setup seconds by phase (trial.parquet; benchmarks/scale.py)
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            self.timings[name] = now - clock
+            clock = now
+
         device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Accelerate will put the model
         self.accel = Accelerator(mixed_precision=compute.precision(t.precision, device_type),
                                  gradient_accumulation_steps=t.grad_accum)
         self.device = self.accel.device
         set_seed(cfg.seed)
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
+        lap("setup_accelerator_s")
         self.data: Dataset = data if data is not None else prepare(cfg.data, tokenizer, log=log)
+        lap("setup_data_s")
         model = build_model(cfg.model, self.data.vocab_size, cfg.data.seq_len, cfg.seed)
         self.n_layer = n_layers(model)
         self.lambdas = layer_lambdas(cfg.locality, self.n_layer)
         self.window = cfg.locality.window if cfg.locality.partition == "window" else None
+        lap("setup_model_s")
         self.train_blocks = torch.from_numpy(self.data.blocks("train", cfg.locality))
         self.eval_blocks = torch.from_numpy(self.data.blocks("eval", cfg.locality))
+        lap("setup_blocks_s")
         optimizer = _optimizer(model, cfg)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps, min_lr_rate=0.1)
@@ -102,6 +115,7 @@ class Trainer:
         self.plan = compute.plan(cfg, self.device.type, self.lambdas, attn_dropout(model),
                                  backend=backend, force_flex=force_flex)
         self._setup_forward(model)
+        lap("setup_prepare_s")
         self.step = 0
         self.tokens_seen = 0
         self.train_time = 0.0
@@ -418,6 +432,7 @@ class Trainer:
             self.metrics = {}
             if self.step == first:
                 self._warm = (self.tokens_seen, self.train_time, speed.dynamo_frames())
+                self.timings["first_step_at"] = time.time()  # when the device first finished a step (epoch s)
             if bad is not None:
                 status = "diverged"
                 self._row("train", bad[1], step=bad[0])
@@ -510,7 +525,7 @@ class Trainer:
             "n_params": sum(p.numel() for p in self.accel.unwrap_model(self.model).parameters()),
             **{k: v if status == "completed" else math.nan
                for k, v in self.eval_positions.items()},
-            **self.speed_figures(), **self.extra,
+            **self.speed_figures(), **self.timings, **self.extra,
         }
         if self.cfg.train.save_model and status == "completed":
             self.save_model(io.join(self.out, MODEL_DIR), summary)  # before trial.parquet, which marks the trial done

@@ -46,6 +46,19 @@ def _read(d: str, name: str) -> dict | None:
     return json.loads(io.read_text(f)) if io.exists(f) else None
 
 
+def by_trial(files: list[str]) -> dict[str, dict[str, int]]:
+    """A listing of a folder of trial folders (``io.list_files`` of trials/) as {trial folder: {entry:
+    files under it}}: each trial's top-level names (trial.parquet, attempts, ...) and, for a folder
+    such as attempts/, how many files it holds (its starts). One listing instead of one per trial."""
+    out: dict[str, dict[str, int]] = {}
+    for f in files:
+        parts = f.split("/")
+        if len(parts) >= 2:
+            entries = out.setdefault(parts[0], {})
+            entries[parts[1]] = entries.get(parts[1], 0) + 1
+    return out
+
+
 # -- the result ---------------------------------------------------------------------------------------
 
 def has_result(d: str) -> bool:

@@ -104,14 +104,14 @@ def _cmd_sweep_run(a) -> int:
         print(dryrun.render(sp, trials, tokens_per_s=a.tokens_per_s, slots=a.slots))
         return 0
     return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose,
-                      grace_s=a.grace)
+                      trial_lines=a.trial_lines, grace_s=a.grace)
 
 
 def _cmd_sweep_resume(a) -> int:
     from orchestrator.sweep import driver
 
     return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose,
-                         grace_s=a.grace)
+                         trial_lines=a.trial_lines, grace_s=a.grace)
 
 
 def _cmd_sweep_stop(a) -> int:
@@ -188,6 +188,8 @@ def _examples(*lines: str) -> dict:
             "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+TRIAL_LINES_HELP = ("print each trial's progress lines even in a sweep of more than 64 runs (default: there "
+                    "only the sweep's status line every 20 s; every line is in <sweep>/logs/)")
 SWEEP_PATH = "the sweep's folder, <storage>/<sweep name> (e.g. results/quick or s3://bucket/sweeps/paper)"
 GRACE = ("on SIGTERM, SIGUSR1 or `sweep stop`: at most this long for every running trial to save a checkpoint "
          "at its next step before the driver saves Tune's state and exits (default %(default)g)")
@@ -272,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
     r.add_argument("--verbose", action="store_true",
                    help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
+    r.add_argument("--trial-lines", action="store_true", default=None, help=TRIAL_LINES_HELP)
     r.add_argument("--grace", type=float, default=GRACE_S, metavar="SECONDS", help=GRACE)
     r.set_defaults(func=_cmd_sweep_run)
     rs = s.add_parser("resume", help="finish an interrupted sweep (finished trials are kept)",
@@ -282,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-aggregate", action="store_true", help="skip statistics and report at the end")
     rs.add_argument("--verbose", action="store_true",
                     help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
+    rs.add_argument("--trial-lines", action="store_true", default=None, help=TRIAL_LINES_HELP)
     rs.add_argument("--grace", type=float, default=GRACE_S, metavar="SECONDS", help=GRACE)
     rs.set_defaults(func=_cmd_sweep_resume)
     sp = s.add_parser("stop", help="stop a running sweep's driver without losing a step (from any shell)",

@@ -65,6 +65,12 @@ def driver_file(sweep_uri: str) -> str:
     return io.join(sweep_uri, "driver.json")
 
 
+def status_file(sweep_uri: str) -> str:
+    """The driver's snapshot of every run's state (rewritten each progress interval and at the end):
+    `sweep status` and `watch` take the runs that are final there from it instead of reading each."""
+    return io.join(sweep_uri, "status.json")
+
+
 def mlflow_db(sweep_uri: str) -> str:
     """MLflow's default store, a SQLite database (local storage only; the driver is its one writer)."""
     return io.join(sweep_uri, "mlflow.db")

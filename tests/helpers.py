@@ -37,7 +37,9 @@ def write_sweep(path: Path, name: str, storage: Path, steps: int = 12, checkpoin
 
 
 # What legitimately differs between two runs of the same trial: timing, memory and provenance.
-VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s"}
+VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s",
+            "setup_config_s", "setup_accelerator_s", "setup_data_s", "setup_model_s", "setup_blocks_s",
+            "setup_prepare_s", "report_s", "outputs_s", "first_step_at"}
 # results/<kind>.parquet and the columns that make a row unique
 RESULT_KEYS = {"trials": ["trial_id"], "steps": ["trial_id", "split", "step"], "layers": ["trial_id", "step", "layer"],
                "attention": ["trial_id", "layer", "query", "key"]}

@@ -54,3 +54,19 @@ def test_verbose_changes_nothing(tmp_path, monkeypatch):
     import os
 
     assert "RAY_AIR_NEW_OUTPUT" not in os.environ and "MLFLOW_LOGGING_LEVEL" not in os.environ  # as they are
+
+
+def test_a_large_sweep_keeps_trial_lines_in_the_log(tmp_path, capsys):
+    """trial_lines=False (a sweep of more than 64 runs): the sweep's own lines and problems still
+    show; each trial's progress and completion lines go to the log file only."""
+    con = Console(str(tmp_path / "sweep"), log=lambda _: None, trial_lines=False)
+    con.attach()
+    con._worker_lines(batch(11, "[peak-1__quintic__s1] step 6/12 loss 6.8", "[data] tokenised kjv",
+                            "[peak-1__quintic__s1] completed: eval loss 6.1", "[sweep] 3/1000 runs done",
+                            "[peak-1__s9] step 3: loss is nan; stopping (diverged)",
+                            "[peak-1__s7] RuntimeError: boom"))
+    out, _ = capsys.readouterr()
+    con.close()
+    assert out.splitlines() == ["[data] tokenised kjv", "[sweep] 3/1000 runs done", "[peak-1__s7] RuntimeError: boom"]
+    logged = next((tmp_path / "sweep" / "logs").glob("driver-*.log")).read_text()
+    assert "step 6/12" in logged and "completed: eval loss 6.1" in logged

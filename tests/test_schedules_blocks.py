@@ -92,3 +92,22 @@ def test_window_band():
     band = in_block(None, 6, window=2)[0, 0]
     i, j = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
     assert torch.equal(band, (i - j) < 2)
+
+
+def test_block_ids_are_cached_beside_the_corpus(tiny_config):
+    """Each partitioner's block ids are found once per corpus cache and loaded by later trials."""
+    from pathlib import Path
+
+    from localist.blocks import BLOCK_IDS_VERSION
+    from localist.data import _block_ids, prepare
+
+    cfg = tiny_config(locality={"min_len": 3, "max_len": 9})
+    ds = prepare(cfg.data, "tiny", log=lambda *a: None)
+    folder = Path(ds.tokenizer_path).parent
+    f = folder / f"blocks-v{BLOCK_IDS_VERSION}-train-semantic-3-9.npy"
+    f.unlink(missing_ok=True)
+    first = ds.blocks("train", cfg.locality)
+    assert f.exists() and np.array_equal(first, _block_ids(ds.train_starts, cfg.locality))
+    assert np.array_equal(prepare(cfg.data, "tiny", log=lambda *a: None).blocks("train", cfg.locality), first)
+    f.write_bytes(b"cut short")  # a file cut short is computed again, not trusted
+    assert np.array_equal(ds.blocks("train", cfg.locality), first)

@@ -401,3 +401,29 @@ def test_resume_of_a_copied_sweep_folder_stays_in_the_copy(finished):
     assert set(attempts(copy).values()) == {1}  # nothing ran again
     assert (sweep / "results" / "trials.parquet").stat().st_mtime_ns == before  # the original is untouched
     assert len(pd.read_parquet(copy / "results" / "trials.parquet")) == 5
+
+
+def test_scale_benchmark_reads_what_trials_record(finished):
+    """What benchmarks/scale.py reads is recorded by a real sweep: each trial's setup timings, report and
+    output seconds, when its first step ended; and its counters see every storage call of status/collect."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import scale
+    from orchestrator.spec import expand, runs
+
+    sweep, _ = finished
+    rows = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
+    assert rows and all(r["status"] == "completed" for r in rows)
+    for r in rows:
+        assert all(r[c] >= 0 for c in scale.TIMING_COLUMNS), r
+        assert r["first_step_at"] > 1e9 and r["setup_model_s"] > 0 and r["outputs_s"] > 0
+    reads = scale._reads(str(sweep), with_aggregate=False)
+    n_runs = len(runs(expand(scale.layout_spec(str(sweep)))))
+    assert reads["status_calls"]["list"] <= 3  # trials/ listed once, not once per run
+    assert reads["collect_calls"]["read"] >= 4 * n_runs and reads["collect_s"] > 0
+    files, trial_files, by_folder = scale._objects(str(sweep))
+    assert files > trial_files > 0 and by_folder["trials"] == trial_files
+    starts = scale._worker_starts(str(sweep), pq.read_table(sweep / "results" / "trials.parquet").to_pandas())
+    assert starts["workers"] >= 1 and len(starts["ends"]) == n_runs
+    growth, a, b = scale.rss_growth([(0.0, 100.0), (10.0, 110.0), (20.0, 120.0)], [float(x) for x in range(1, 21)])
+    assert a == 100.0 and b == 120.0 and growth == pytest.approx(20 / 17)

@@ -21,6 +21,8 @@ from localist import io
 from orchestrator import layout
 
 OURS = re.compile(r"^\[[A-Za-z0-9][A-Za-z0-9._-]*\] ")  # "[peak-1__quintic__s2] step ...", "[data] ..."
+SWEEP_LINE = re.compile(r"^\[(sweep|data)\] ")  # the sweep's own lines, shown even when trial lines are not
+TRIAL_LINES_MAX_RUNS = 64  # a larger sweep shows its status line every interval, not each trial's lines
 PROBLEM = re.compile(r"Traceback \(most recent call last\)|\b[A-Z]\w*(Error|Exception)\b|\b(ERROR|CRITICAL)\b")
 
 
@@ -46,8 +48,10 @@ class Console:
     """Quiet console for one driver run: create before Ray is imported, `attach()` right after
     `ray.init`, `close()` after `ray.shutdown`."""
 
-    def __init__(self, sweep_uri: str, verbose: bool = False, log=print):
-        self.verbose, self.log = verbose, log
+    def __init__(self, sweep_uri: str, verbose: bool = False, log=print, trial_lines: bool = True):
+        """trial_lines=False: each trial's own lines (progress, completion) go to the log file only;
+        the console keeps the sweep's lines (its status line every interval) and problems."""
+        self.verbose, self.log, self.trial_lines = verbose, log, trial_lines
         self.uri = layout.driver_log_file(sweep_uri, time.time())
         self._file = self._handler = None
         self._levels: list[tuple[logging.Handler, int]] = []
@@ -104,7 +108,8 @@ class Console:
             if line.startswith(io.RETRY_TAG):  # a trial's storage retry: routine, the log file only
                 continue
             if OURS.match(line):
-                print(line, file=sink, flush=True)
+                if self.trial_lines or SWEEP_LINE.match(line) or PROBLEM.search(line):
+                    print(line, file=sink, flush=True)
             elif pid == "raylet" or PROBLEM.search(line):  # the raylet forwards only its warnings
                 print(f"({where}) {line}", file=sink, flush=True)
 

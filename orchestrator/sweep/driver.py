@@ -53,14 +53,19 @@ def _storage_alive(sweep_uri: str, cause: BaseException | None = None) -> None:
 
 
 def _prepare_data(trials: list[Trial], log) -> None:
-    """Tokenise once in the driver, so every trial on this machine only loads the cache."""
-    seen = set()
+    """Tokenise once in the driver, and find each partitioner's blocks once, so every trial on this
+    machine only loads the cache."""
+    seen, datasets = set(), {}
     for cfg in runs(trials).values():
         tokenizer = "tiny" if cfg.model.name == "tiny" else cfg.model.name
         key = (cfg.data.model_dump_json(), tokenizer)
-        if key not in seen:
-            seen.add(key)
-            prepare(cfg.data, tokenizer, log=log)
+        if key not in datasets:
+            datasets[key] = prepare(cfg.data, tokenizer, log=log)
+        loc = cfg.locality
+        if (key, loc.partition, loc.min_len, loc.max_len) not in seen:
+            seen.add((key, loc.partition, loc.min_len, loc.max_len))
+            for split in ("train", "eval"):
+                datasets[key].blocks(split, loc)
 
 
 def _cluster_slots(spec: SweepSpec, n_runs: int, where: str, sweep_uri: str, log) -> int:
@@ -96,31 +101,37 @@ def resume_line(sweep_uri: str) -> str:
 
 
 class _Progress(threading.Thread):
-    """Prints one status line every `every` seconds while Tune runs."""
+    """Prints one status line every `every` seconds while Tune runs, and rewrites the runs' snapshot
+    (status.json) each time: finished runs are kept from the last tick, only the others are read."""
 
     def __init__(self, sweep_uri: str, trials: list[Trial], concurrency: int, log, every: float = 20.0):
         super().__init__(daemon=True)
-        self.args = (sweep_uri, trials)
+        self.sweep_uri, self.trials = sweep_uri, trials
         self.concurrency, self.log, self.every = concurrency, log, every
         self.started = time.time()
         self.halt = threading.Event()
+        self.known: dict[str, dict] | None = None  # None at first: the snapshot an earlier driver left
 
     def run(self) -> None:
         while not self.halt.wait(self.every):
             try:
-                df = status.run_states(*self.args)
-                self.log(f"[sweep] {status.summary_line(df, self.concurrency, self.started)}")
+                rows = status.run_states(self.sweep_uri, self.trials, self.known)
+                self.known = {r["run_id"]: r for r in rows}
+                status.write_snapshot(self.sweep_uri, rows)
+                self.log(f"[sweep] {status.summary_line(rows, self.concurrency, self.started)}")
             except Exception as e:  # progress must never kill the sweep
                 self.log(f"[sweep] (progress unavailable: {e})")
 
 
 def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[[str], None] = print,
         aggregate: bool = True, progress_every: float = 20.0, sweep_uri: str | None = None,
-        verbose: bool = False, grace_s: float = preempt.GRACE_S) -> int:
+        verbose: bool = False, trial_lines: bool | None = None, grace_s: float = preempt.GRACE_S) -> int:
     """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result.
 
     sweep_uri overrides <storage>/<name> (resume of a sweep folder that was renamed or copied).
     verbose: Ray's own console output instead of the quiet one (see orchestrator/sweep/console.py).
+    trial_lines: each trial's progress lines on the console (None: only for sweeps of at most
+    console.TRIAL_LINES_MAX_RUNS runs; a larger one shows its status line every progress_every s).
     grace_s: on SIGTERM, SIGUSR1 or `sweep stop`, how long running trials get to checkpoint.
     """
     trials = expand(spec, source)
@@ -143,7 +154,13 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
         hint = _ResumeHint(sweep_uri)
         tune_log = logging.getLogger("ray.tune.tune")  # where Tune logs its interrupt advice
         tune_log.addFilter(hint)
-        quiet = console.Console(sweep_uri, verbose, log)  # before Ray is imported
+        n_runs = len(runs(trials))
+        if trial_lines is None:
+            trial_lines = n_runs <= console.TRIAL_LINES_MAX_RUNS
+        quiet = console.Console(sweep_uri, verbose, log, trial_lines)  # before Ray is imported
+        if not trial_lines and not verbose:
+            log(f"[sweep] {n_runs} runs: each trial's lines go to the driver log only, the status line "
+                f"comes every {progress_every:.0f} s (--trial-lines shows them)")
         import ray
 
         drain = preempt.Drain(sweep_uri, grace_s, log)
@@ -208,7 +225,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             drain.uninstall()  # after Ray: held trials have gone with it
             quiet.close()
         code = finish(spec, trials, sweep_uri, log, aggregate)
-        errored = status.counts(status.run_states(sweep_uri, trials))["errored"]
+        rows = status.run_states(sweep_uri, trials)
+        status.write_snapshot(sweep_uri, rows)
+        errored = status.counts(rows)["errored"]
         if errored:
             log(f"[sweep] {errored} run(s) failed every retry; to retry them: {hint.line}")
         return code
@@ -235,10 +254,10 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
 
 
 def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True,
-           verbose: bool = False, grace_s: float = preempt.GRACE_S) -> int:
+           verbose: bool = False, trial_lines: bool | None = None, grace_s: float = preempt.GRACE_S) -> int:
     """Continue the sweep stored at sweep_uri, wherever that folder now is and whatever its name."""
     if "://" not in sweep_uri:
         sweep_uri = os.path.abspath(os.path.expanduser(sweep_uri))
     spec = layout.load_saved(sweep_uri)
     return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate,
-               sweep_uri=sweep_uri, verbose=verbose, grace_s=grace_s)
+               sweep_uri=sweep_uri, verbose=verbose, trial_lines=trial_lines, grace_s=grace_s)

@@ -98,7 +98,9 @@ def _run(trial_id: str, out: str, make_config, sweep_uri: str, cpus: float, sear
     from ray import tune
 
     torch.set_num_threads(max(1, int(cpus)))
+    t0 = time.perf_counter()
     cfg = make_config()
+    config_s = time.perf_counter() - t0
     attempt = trial_files.attempts(out) + 1
     checkpoint = tune.get_checkpoint()
     node_id = ray.get_runtime_context().get_node_id()
@@ -110,8 +112,17 @@ def _run(trial_id: str, out: str, make_config, sweep_uri: str, cpus: float, sear
     except compute.NoCudaError as e:
         trial_files.write_error(out, attempt, str(e), traceback.format_exc())
         raise
-    trainer = Trainer(cfg, out, trial_id, extra={"node_id": node_id, "node_ip": ray.util.get_node_ip_address(),
-                                                 "attempts": attempt})
+    # trial.parquet's extra columns; report_s grows with every report made during fit (the last,
+    # after trial.parquet, is not in it)
+    extra = {"node_id": node_id, "node_ip": ray.util.get_node_ip_address(), "attempts": attempt,
+             "setup_config_s": config_s, "report_s": 0.0}
+    trainer = Trainer(cfg, out, trial_id, extra=extra)
+
+    def report(values: dict, checkpoint_dir: str | None = None) -> None:
+        t = time.perf_counter()
+        _report(values, checkpoint_dir)
+        extra["report_s"] += time.perf_counter() - t
+
     trainer.origin = {"sweep": layout.sweep_name(sweep_uri), "sweep_uri": sweep_uri}  # for the model card
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -137,16 +148,16 @@ def _run(trial_id: str, out: str, make_config, sweep_uri: str, cpus: float, sear
             tr.save_checkpoint(d)
             if tr.stopping:  # before the report: the driver may end this process once Tune has it
                 trial_files.write_attempt(out, attempt, {**record, "stopped_at_step": tr.step})
-            _report(metrics(tr.step, tr.n_layer, values, stop_checkpoint=int(tr.stopping)), d)
+            report(metrics(tr.step, tr.n_layer, values, stop_checkpoint=int(tr.stopping)), d)
 
     def on_progress(info: dict) -> None:
         trial_files.write_progress(out, {**info, "attempt": attempt})
 
     def on_eval(tr: Trainer, loss: float) -> None:
-        _report(metrics(tr.step, tr.n_layer, tr.metrics))
+        report(metrics(tr.step, tr.n_layer, tr.metrics))
 
     def on_metrics(values: dict) -> None:
-        _report(metrics(trainer.step, trainer.n_layer, values))
+        report(metrics(trainer.step, trainer.n_layer, values))
 
     try:
         result = trainer.fit(on_checkpoint=on_checkpoint, on_progress=on_progress,
