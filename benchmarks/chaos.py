@@ -43,7 +43,7 @@ CLI = [sys.executable, "-m", "orchestrator.cli"]
 
 
 def sweep_file(folder: Path, trials: int, steps: int, kills: int) -> Path:
-    """`trials` runs of the quick trial config (one peak each), checkpoints every tenth of the steps."""
+    """`trials` runs of the quick trial config (one peak each), a checkpoint every sixth of the steps."""
     base = json.loads(json.dumps(QUICK_TRIAL))
     every = max(steps // 6, 1)
     base["train"].update(steps=steps, eval_every=steps // 2, log_every=1)
