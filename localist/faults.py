@@ -5,7 +5,8 @@ LOCALIST_FAULT - comma-separated trial faults, each KIND@STEP[:MARKER][#TRIAL_ID
   SIGKILLs itself: a lost worker); with MARKER (a file path) it fires once, only while the file
   does not exist, creating it (in one process only, when several check at once); with #TRIAL_ID
   only in that trial. KIND 'wait': the trial waits before that step until MARKER exists (a test
-  holds trials where it wants them, then lets them go).
+  holds trials where it wants them, then lets them go), having created MARKER.held-TRIAL_ID (a
+  test sees which trials are held).
 LOCALIST_CRASH_AT - POINT[:MARKER]: the sweep driver SIGKILLs itself at that point
   ('prepare', 'collect'), once when a marker is given.
 """
@@ -15,6 +16,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+
+
+TRIAL_ENV = "LOCALIST_FAULT"  # read where trials run: a driver attached to a cluster passes it on
 
 
 class InjectedFault(RuntimeError):
@@ -33,13 +37,15 @@ def _fires_once(marker: str) -> bool:
 
 def check(step: int, trial_id: str) -> str | None:
     """The fault kind to apply at this step of this trial ('nan'), raising for 'raise' (after any 'wait')."""
-    for spec in filter(None, os.environ.get("LOCALIST_FAULT", "").split(",")):
+    for spec in filter(None, os.environ.get(TRIAL_ENV, "").split(",")):
         spec, _, only = spec.partition("#")
         kind, _, rest = spec.partition("@")
         at, _, marker = rest.partition(":")
         if int(at) != step or (only and only != trial_id):
             continue
         if kind == "wait":
+            if not os.path.exists(marker):
+                open(f"{marker}.held-{trial_id}", "w").close()
             while not os.path.exists(marker):
                 time.sleep(0.2)
             continue

@@ -2,14 +2,26 @@
 
 Every result file goes through here so that a crash never leaves a half-written Parquet file
 visible: data is written to a temporary name beside the target and then renamed into place.
-On object stores a single PUT is already atomic, so the temporary step is skipped there.
+On object stores an upload only becomes the object once it is complete (pyarrow's multipart
+upload is completed last), so the temporary step is skipped there.
+
+Object storage fails now and then (a 500, a reset connection, a slow answer). S3 filesystems
+made here retry each request through pyarrow's S3 retry strategy (AWS's standard one, S3_ATTEMPTS
+attempts), which they keep when pickled, as Tune does to send its storage to every trial. An
+operation that still fails with a transient error is tried again whole, RETRIES times, each retry
+logged (WARNING, logger "localist.storage", lines starting RETRY_TAG): a sweep's driver writes
+them to its log file, never its console.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import os
 import posixpath
+import re
+import time
 import uuid
 
 import pyarrow as pa
@@ -17,8 +29,40 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+# S3 credentials, region and endpoint override as pyarrow (and every AWS tool) reads them from the
+# environment (AWS_ENDPOINT_URL is how S3-compatible stores are reached). Paths such as AWS_PROFILE
+# or AWS_SHARED_CREDENTIALS_FILE are left out: they mean nothing on another machine.
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+          "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+S3_ATTEMPTS = 4  # per request, pyarrow's (AWS's standard) S3 retry strategy
+RETRIES = 3  # then per operation, after a transient error that outlived those attempts
+RETRY_TAG = "(storage retry)"
+log = logging.getLogger("localist.storage")
+# pyarrow's messages for failures worth another try: network, throttling, server errors, timeouts
+# (a host name that does not resolve, or missing credentials, are not)
+TRANSIENT = re.compile(r"INTERNAL_FAILURE|SERVICE_UNAVAILABLE|SLOW_DOWN|THROTTL|REQUEST_TIMEOUT|HTTP status 5\d\d"
+                       r"|InternalError|curlCode: (7|18|28|52|55|56)\b|[Cc]onnection (reset|refused)|[Tt]imed? ?out")
+
+
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
+
+
+def _s3(options: dict) -> pafs.S3FileSystem:
+    return _RetryingS3(**options)
+
+
+class _RetryingS3(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem with S3_ATTEMPTS attempts per request, also once unpickled."""
+
+    def __init__(self, **options):
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS), **options)
+        self._options = options
+
+    def __reduce__(self):
+        return _s3, (self._options,)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -26,7 +70,31 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     fs, path = pafs.FileSystem.from_uri(uri)
+    if type(fs) is pafs.S3FileSystem:  # the URI's options (endpoint, region...), with our retry strategy
+        fs = _RetryingS3(**fs.__reduce__()[1][0])
     return fs, path
+
+
+def _retried(uri_arg: int = 0):
+    """Run an operation again after a transient failure on object storage (see the module's docstring)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            uri = args[uri_arg]
+            for attempt in range(RETRIES + 1):
+                try:
+                    return fn(*args, **kwargs)
+                except OSError as e:
+                    if is_local(uri) or isinstance(e, FileNotFoundError) or attempt == RETRIES \
+                            or not TRANSIENT.search(str(e)):
+                        raise
+                    wait = 0.5 * 2 ** attempt
+                    what = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                    log.warning(f"{RETRY_TAG} {fn.__name__} {uri.partition('?')[0]}: {what}; "
+                                f"again in {wait:g} s ({attempt + 1} of {RETRIES})")
+                    time.sleep(wait)
+        return run
+    return wrap
 
 
 def join(uri: str, *parts: str) -> str:
@@ -45,16 +113,19 @@ def parent(uri: str) -> str:
     return (base.rsplit("/", 1)[0] if "/" in base else ".") + sep + query
 
 
+@_retried()
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+@_retried()
 def makedirs(uri: str) -> None:
     fs, path = resolve(uri)
     fs.create_dir(path, recursive=True)
 
 
+@_retried()
 def listdir(uri: str) -> list[str]:
     """Names of the entries directly under a directory URI ([] when it does not exist)."""
     fs, path = resolve(uri)
@@ -64,6 +135,7 @@ def listdir(uri: str) -> list[str]:
     return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
 
 
+@_retried()
 def list_files(uri: str) -> list[str]:
     """Every file below a directory URI, as '/'-separated paths relative to it ([] when it does not
     exist), from one recursive listing: on an object store one paginated LIST, not a call per folder."""
@@ -85,6 +157,7 @@ def map_threads(fn, items, threads: int = 16) -> list:
         return list(pool.map(fn, items))
 
 
+@_retried()
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically (temp name + rename on filesystems that have rename)."""
     fs, path = resolve(uri)
@@ -101,10 +174,11 @@ def write_bytes(uri: str, data: bytes) -> None:
                 os.remove(tmp)
             raise
         return
-    with fs.open_output_stream(path) as f:  # object stores: one PUT is atomic
+    with fs.open_output_stream(path) as f:  # object stores: the object appears once the upload is complete
         f.write(data)
 
 
+@_retried()
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
@@ -125,6 +199,7 @@ def write_parquet(table: pa.Table, uri: str) -> None:
     write_bytes(uri, buf.getvalue())
 
 
+@_retried()
 def read_parquet(uri: str) -> pa.Table:
     """A whole Parquet file, through one open (``pq.read_table(path, filesystem=...)`` asks for the
     file's info and opens it twice: three calls per file on an object store, not one)."""
@@ -133,6 +208,7 @@ def read_parquet(uri: str) -> pa.Table:
         return pq.read_table(f)
 
 
+@_retried()
 def read_parquet_rows(uri: str, columns: list[str] | None = None) -> list[dict]:
     """A small Parquet file as rows, without pyarrow.dataset (which imports pandas: seconds)."""
     fs, path = resolve(uri)
@@ -140,6 +216,7 @@ def read_parquet_rows(uri: str, columns: list[str] | None = None) -> list[dict]:
         return pq.ParquetFile(f).read(columns=columns).to_pylist()
 
 
+@_retried()
 def delete(uri: str) -> None:
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
@@ -149,6 +226,7 @@ def delete(uri: str) -> None:
         fs.delete_file(path)
 
 
+@_retried(1)
 def upload_dir(local_dir: str, uri: str) -> None:
     """Copy a local folder's files to uri (any filesystem), replacing what was there."""
     fs, path = resolve(uri)

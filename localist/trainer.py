@@ -50,6 +50,11 @@ class TrialResult:
     eval_ppl: float
 
 
+class Preempted(Exception):
+    """fit stopped after a step because its caller asked (`stop_requested`), a checkpoint of that
+    step saved through on_checkpoint: args[0] is the step."""
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM, because ru_maxrss can carry over a forking
     parent's peak (a trial started from a large process would report the parent's size)."""
@@ -170,6 +175,7 @@ class Trainer:
         self._causal = torch.ones(1, 1, T, T, dtype=torch.bool, device=self.device).tril()
         self.compile_s: float | None = None  # the first forward + backward, when compiled or on FlexAttention
         self._ready = False  # the first pass has run (or was not needed)
+        self.stopping = False  # the checkpoint being saved is a stop's (fit's stop_requested): it raises Preempted next
         self._dynamo0 = speed.dynamo_counts()  # this trial's graphs, breaks and frames start here
 
     # -- data ---------------------------------------------------------------------------------
@@ -430,14 +436,18 @@ class Trainer:
     def fit(self, on_checkpoint: Callable[["Trainer"], None] | None = None,
             on_progress: Callable[[dict], None] | None = None,
             on_eval: Callable[["Trainer", float], None] | None = None,
-            on_metrics: Callable[[dict], None] | None = None) -> TrialResult:
+            on_metrics: Callable[[dict], None] | None = None,
+            stop_requested: Callable[[], bool] | None = None) -> TrialResult:
         """on_eval(trainer, eval_loss) after every evaluation but the last (the result carries that one).
 
         At each step that logs or evaluates, self.metrics holds that step's numbers (train_loss, lr,
         tokens_per_s, tokens_seen; eval_loss, eval_ppl, layer<l>/...): on_metrics receives them, except
         at a checkpoint step (on_checkpoint reads self.metrics, so one report carries both) and at the
         last step (the caller reads them with the result). steps/layers.parquet are rewritten at every
-        evaluation and checkpoint before the last, so a running trial can be watched."""
+        evaluation and checkpoint before the last, so a running trial can be watched.
+
+        stop_requested, asked after every step but the last: when it says so, that step's checkpoint
+        goes through on_checkpoint (with the step's metrics, if any) and fit raises Preempted."""
         t = self.cfg.train
         self._wall0 = time.perf_counter()
         status = "completed"
@@ -453,8 +463,9 @@ class Trainer:
             log = self.step % t.log_every == 0 or last
             ev = self.step % t.eval_every == 0 or last
             ckpt = bool(on_checkpoint and t.checkpoint_every and self.step % t.checkpoint_every == 0 and not last)
+            stop = bool(on_checkpoint and stop_requested and not last and stop_requested())
             # Losses are read (the host waits for the device) only here, inside the timed span.
-            bad = self._read_losses() if (log or ev or ckpt or self.step == first) else None
+            bad = self._read_losses() if (log or ev or ckpt or stop or self.step == first) else None
             self.train_time += time.perf_counter() - t0
             self.metrics = {}
             if self.step == first:
@@ -473,16 +484,19 @@ class Trainer:
             if ev:
                 loss = self.evaluate()
                 self.metrics.update(self._eval_metrics(loss))
-                if on_eval and not last and not ckpt:  # a checkpoint step reports once, with the eval
+                if on_eval and not last and not (ckpt or stop):  # a checkpoint step reports once, with the eval
                     on_eval(self, loss)
             if last:
                 break
-            if ev or ckpt:
+            if ev or ckpt or stop:
                 self.write_partial()
-            if ckpt:
+            if ckpt or stop:
+                self.stopping = stop
                 on_checkpoint(self)
             elif self.metrics and on_metrics:
                 on_metrics(self.metrics)
+            if stop:
+                raise Preempted(self.step)
         eval_loss = math.nan
         if status == "completed":
             eval_loss = next(r["loss"] for r in reversed(self.step_rows) if r["split"] == "eval")

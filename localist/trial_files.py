@@ -85,6 +85,14 @@ def write_progress(d: str, info: dict) -> None:
     _write(d, PROGRESS, info)
 
 
+def read_progress(d: str) -> dict | None:
+    """The latest progress record (None: none yet, or one being rewritten)."""
+    try:
+        return _read(d, PROGRESS)
+    except (OSError, ValueError):
+        return None
+
+
 # -- a sweep trial's starts and failures --------------------------------------------------------------
 
 def attempts(d: str) -> int:

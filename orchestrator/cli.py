@@ -104,14 +104,21 @@ def _cmd_sweep_run(a) -> int:
         print(dryrun.render(sp, trials, tokens_per_s=a.tokens_per_s, slots=a.slots))
         return 0
     return driver.run(sp, a.file, address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose,
-                      trial_lines=a.trial_lines)
+                      trial_lines=a.trial_lines, grace_s=a.grace)
 
 
 def _cmd_sweep_resume(a) -> int:
     from orchestrator.sweep import driver
 
     return driver.resume(a.path.rstrip("/"), address=a.address, aggregate=not a.no_aggregate, verbose=a.verbose,
-                         trial_lines=a.trial_lines)
+                         trial_lines=a.trial_lines, grace_s=a.grace)
+
+
+def _cmd_sweep_stop(a) -> int:
+    from orchestrator.sweep import preempt
+
+    print(preempt.stop(a.path.rstrip("/")))
+    return 0
 
 
 def _cmd_sweep_status(a) -> int:
@@ -184,10 +191,14 @@ def _examples(*lines: str) -> dict:
 TRIAL_LINES_HELP = ("print each trial's progress lines even in a sweep of more than 64 runs (default: there "
                     "only the sweep's status line every 20 s; every line is in <sweep>/logs/)")
 SWEEP_PATH = "the sweep's folder, <storage>/<sweep name> (e.g. results/quick or s3://bucket/sweeps/paper)"
+GRACE = ("on SIGTERM, SIGUSR1 or `sweep stop`: at most this long for every running trial to save a checkpoint "
+         "at its next step before the driver saves Tune's state and exits (default %(default)g)")
 ADDRESS = "the head's Jobs API (default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)"
 
 
 def parser() -> argparse.ArgumentParser:
+    from orchestrator.sweep.preempt import GRACE_S
+
     p = argparse.ArgumentParser(
         prog="localist", description="Progressive-localisation sweeps of localist GPT-2 on Ray.",
         **_examples("localist sweep run sweeps/quick.yaml          # the default CPU sweep (about 6 min)",
@@ -265,6 +276,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--verbose", action="store_true",
                    help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
     r.add_argument("--trial-lines", action="store_true", default=None, help=TRIAL_LINES_HELP)
+    r.add_argument("--grace", type=float, default=GRACE_S, metavar="SECONDS", help=GRACE)
     r.set_defaults(func=_cmd_sweep_run)
     rs = s.add_parser("resume", help="finish an interrupted sweep (finished trials are kept)",
                       **_examples("localist sweep resume results/quick",
@@ -275,7 +287,16 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--verbose", action="store_true",
                     help="print Ray's, Tune's and Accelerate's messages too (default: only in <sweep>/logs/)")
     rs.add_argument("--trial-lines", action="store_true", default=None, help=TRIAL_LINES_HELP)
+    rs.add_argument("--grace", type=float, default=GRACE_S, metavar="SECONDS", help=GRACE)
     rs.set_defaults(func=_cmd_sweep_resume)
+    sp = s.add_parser("stop", help="stop a running sweep's driver without losing a step (from any shell)",
+                      description=(
+        "Ask the driver running this sweep (on any machine that shares its storage) to stop: every running "
+        "trial saves a checkpoint at its next step, then Tune's state is saved and the driver exits with the "
+        "command that continues the sweep (within its --grace). The same as SIGTERM or SIGUSR1 to the driver."),
+        **_examples("localist sweep stop results/quick", "localist sweep stop s3://bucket/sweeps/paper"))
+    sp.add_argument("path", help=SWEEP_PATH)
+    sp.set_defaults(func=_cmd_sweep_stop)
     st = s.add_parser("status", help="per-run state of a sweep, during or after a run",
                       **_examples("localist sweep status results/quick"))
     st.add_argument("path", help=SWEEP_PATH)

@@ -4,6 +4,7 @@
   sweep.yaml                 the validated spec the sweep was started with (resume reads it)
   driver.json                the cluster the last driver ran on and its trial slots (status's ETA)
   .driver.lock               held by the running driver (status says whether one is alive)
+  stop.json                  a request to stop the running driver (`sweep stop`, or a signal to it)
   logs/driver-<time>.log     each driver's console output
   trials/<run_id>/           one trial's folder: trial/steps/layers/attention.parquet, progress.json,
                              attempts/*.json (one per start), error.json (last failure), values.json
@@ -183,6 +184,11 @@ def seed_tune_dir(sweep_uri: str, seed: int) -> str:
 def lock_file(sweep_uri: str) -> str:
     """Held by the running driver (sweep/lock.py)."""
     return io.join(sweep_uri, ".driver.lock")
+
+
+def stop_file(sweep_uri: str) -> str:
+    """A request to stop the running driver gracefully (sweep/preempt.py); trials watch for it."""
+    return io.join(sweep_uri, "stop.json")
 
 
 def driver_log_file(sweep_uri: str, started: float) -> str:

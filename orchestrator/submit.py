@@ -32,10 +32,7 @@ from orchestrator import layout
 from orchestrator.spec import SweepSpec
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the head's Jobs API, reached through an SSH tunnel / port-forward
-# S3 credentials, region and endpoint override (AWS_ENDPOINT_URL is how S3-compatible stores are reached).
-# Paths such as AWS_PROFILE or AWS_SHARED_CREDENTIALS_FILE are not forwarded: they mean nothing on the cluster.
-FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
-                 "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+FORWARDED_ENV = io.S3_ENV  # S3 credentials, region and endpoint override
 # Never uploaded with the working directory (Ray also honours .gitignore files); the upload limit is 100 MiB.
 EXCLUDES = [".git/", ".venv/", "venv/", "results/", "runs/", ".ci-cache/", ".pytest_cache/", ".hypothesis/",
             "__pycache__/", "*.egg-info/", "build/", "dist/"]

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from tests.conftest import TINY
@@ -32,6 +34,35 @@ def write_sweep(path: Path, name: str, storage: Path, steps: int = 12, checkpoin
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+# What legitimately differs between two runs of the same trial: timing, memory and provenance.
+VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s",
+            "setup_config_s", "setup_accelerator_s", "setup_data_s", "setup_model_s", "setup_blocks_s",
+            "setup_prepare_s", "report_s", "outputs_s", "first_step_at"}
+# results/<kind>.parquet and the columns that make a row unique
+RESULT_KEYS = {"trials": ["trial_id"], "steps": ["trial_id", "split", "step"], "layers": ["trial_id", "step", "layer"],
+               "attention": ["trial_id", "layer", "query", "key"]}
+
+
+def same_content(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> None:
+    cols = sorted(c for c in a.columns if c not in VOLATILE)
+    assert cols == sorted(c for c in b.columns if c not in VOLATILE)
+    a, b = (x[cols].sort_values(key).reset_index(drop=True) for x in (a, b))
+    for c in cols:
+        if pd.api.types.is_float_dtype(a[c]):
+            assert np.allclose(a[c], b[c], rtol=1e-6, atol=1e-9, equal_nan=True), c
+        else:
+            assert a[c].astype(str).tolist() == b[c].astype(str).tolist(), c
+
+
+def same_results(mine, theirs) -> None:
+    """Two sweeps' consolidated results agree (each reader: kind -> its results/<kind>.parquet as a
+    DataFrame), with no row twice: a trial that was redone never shows twice."""
+    for kind, key in RESULT_KEYS.items():
+        a = mine(kind)
+        assert not a.duplicated(key).any(), kind
+        same_content(a, theirs(kind), key)
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -117,7 +117,7 @@ def test_local_ray_is_kept_on_loopback_by_the_pinned_ray(monkeypatch):
 NAMED_IN = {  # file name -> the one module that spells it (everyone else uses its constants and helpers)
     **dict.fromkeys(("trial.parquet", "steps.parquet", "layers.parquet", "attention.parquet", "progress.json",
                      "error.json", "values.json", "stopped.json"), "localist/trial_files.py"),
-    **dict.fromkeys(("trials.parquet", "search.parquet", "sweep.yaml", "driver.json", ".driver.lock", "_rounds.json",
+    **dict.fromkeys(("trials.parquet", "search.parquet", "sweep.yaml", "driver.json", ".driver.lock", "stop.json", "_rounds.json",
                      "tune-search", "tune-seed", "checkpoint_", "provenance.json", "report.html",
                      "ratio_heatmap.png", "EMPTIED", "mlflow.db"), "orchestrator/layout.py"),
     "localist_trial.json": "localist/model.py",  # a saved model's folder (its card, README.md: localist/model_card.py)

@@ -87,3 +87,17 @@ def test_flops_per_token_and_mfu():
                                                  (float("nan"), "<= 1.1", "n/a"), (3.0, "", "")])
 def test_row_status(value, target, status):
     assert Row("b", "m", value, target=target).status == status
+
+
+def test_chaos_soak_survives_a_worker_node_kill():
+    """benchmarks/chaos.py in its one-kill form (the closing note of issue 20 has a longer run): three
+    trials on the loopback cluster, one worker node killed while it trains a trial and replaced; every
+    trial completes with the eval loss of the undisturbed sweep."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.chaos", "--trials", "3", "--kills", "1", "--workers", "1",
+                           "--steps", "30", "--timeout", "480"], env=env, capture_output=True, text=True, timeout=600)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\n{proc.stdout.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert result["faults_injected"] == result["faults_survived"] == 1 and result["trials_interrupted"] >= 1
+    assert result["trials_completed"] == 3 and result["trials_lost"] == 0 and result["max_abs_eval_loss_diff"] == 0

@@ -1,18 +1,13 @@
 """Cluster submission on a real two-node Ray, and the cluster/ manifests.
 
 The multi-node test starts a head and a worker node as separate `ray start --block` processes
-(1 CPU each, so a sweep running two trials at once must use both), with Ray token authentication
-on and every HTTP server bound to loopback, plus an S3-compatible server (moto, over HTTP on
-127.0.0.1). It submits a shrunken quick sweep with `localist submit --follow`, holds every trial
-before its first step until two have started (so two ran at once: one on each node, whatever
+(benchmarks/loopback.py; 1 CPU each, so a sweep running two trials at once must use both), with Ray
+token authentication on and every HTTP server bound to loopback, plus an S3-compatible server
+(moto, over HTTP on 127.0.0.1). It submits a shrunken quick sweep with `localist submit --follow`,
+holds every trial before its first step until two have started (so two ran at once: one on each node, whatever
 order Ray and Tune start them in), and checks that results and report landed in S3. The S3
 credentials reach the trials only through the job's runtime environment: the cluster is started
 without them.
-
-Loopback note: Ray 2.60's `ray start` rewrites --node-ip-address=127.0.0.1 (and localhost) to the
-machine's outward address, so the nodes use 127.0.0.2, which is loopback and kept as given. Ray's
-own gRPC servers (GCS, raylets, workers) listen on all interfaces whatever the node address; Ray
-has no option to change that, so token authentication is what guards them here.
 """
 
 from __future__ import annotations
@@ -24,11 +19,8 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,19 +28,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.loopback import LocalCluster, node_env, process_tree
 from tests.conftest import tiny_tree
 from tests.helpers import wait_for
 from tests.test_s3_storage import BUCKET, moto_s3  # noqa: F401 - the S3 server fixture
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "orchestrator.cli"]
-NODE_IP = "127.0.0.2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening_on(port: int) -> set[str]:
@@ -62,124 +48,9 @@ def listening_on(port: int) -> set[str]:
     return found
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time) of every process, from /proc."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        table[int(stat.parent.name)] = (int(fields[1]), fields[19])
-    return table
-
-
-def _tree(roots: list[int]) -> dict[int, str]:
-    """The processes under `roots` (included), with their start times to recognise them later."""
-    table, out, todo = _processes(), {}, list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            out[pid] = table[pid][1]
-            todo.extend(p for p, (parent, _) in table.items() if parent == pid)
-    return out
-
-
-class LocalCluster:
-    """A head and one worker node on loopback, each `ray start --block` (1 CPU), token auth on.
-
-    Stopped by the ids of the processes this object started: SIGTERM to the two `ray start`
-    processes (which stop their nodes), then SIGKILL to whatever of their process trees is left.
-    """
-
-    def __init__(self, env: dict):
-        self.dir = Path(tempfile.mkdtemp(prefix="lr", dir="/tmp"))  # short: Ray's socket paths live under it
-        self.env = env
-        self.port, self.dash = free_port(), free_port()
-        self.address = f"http://127.0.0.1:{self.dash}"
-        self.procs: list[subprocess.Popen] = []
-        self.args: dict[str, list[str]] = {}
-
-    def argv(self, name: str) -> list[str]:
-        """The `ray start` arguments of the node `name` (head or worker): cluster/README.md's one-machine
-        commands plus --block and ports of its own (a test checks the README against these)."""
-        if name == "head":
-            own = ["--head", f"--port={self.port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
-                   f"--ray-client-server-port={free_port()}"]
-        else:
-            own = [f"--address={NODE_IP}:{self.port}"]
-        # One temp dir per node: nodes sharing one would share (and delete) unpacked runtime environments.
-        return own + ["--block", f"--node-ip-address={NODE_IP}", "--num-cpus=1", f"--temp-dir={self.dir / name[0]}",
-                      "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
-                      f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-                      f"--runtime-env-agent-port={free_port()}"]
-
-    def _start(self, name: str) -> None:
-        ray = str(Path(sys.executable).parent / "ray")
-        self.args[name] = self.argv(name)
-        with open(self.dir / f"{name}.log", "w") as log:
-            self.procs.append(subprocess.Popen([ray, "start", *self.args[name]], env=self.env, stdout=log,
-                                               stderr=subprocess.STDOUT, start_new_session=True))
-
-    def _wait(self, what: str, ok, timeout: float = 90) -> None:
-        end = time.time() + timeout
-        while time.time() < end:
-            if any(p.poll() is not None for p in self.procs):
-                break
-            try:
-                if ok():
-                    return
-            except OSError:
-                pass
-            time.sleep(1)
-        logs = "\n".join((self.dir / f"{n}.log").read_text()[-1500:] for n in ("head", "worker")
-                         if (self.dir / f"{n}.log").exists())
-        raise AssertionError(f"{what} did not come up\n{logs}")
-
-    def get(self, path: str):
-        req = urllib.request.Request(self.address + path,
-                                     headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-    def nodes(self) -> list[dict]:
-        return [n for n in self.get("/api/v0/nodes")["data"]["result"]["result"] if n["state"] == "ALIVE"]
-
-    def start(self) -> "LocalCluster":
-        self._start("head")
-        self._wait("the head node", lambda: len(self.nodes()) == 1)
-        self._start("worker")
-        self._wait("the worker node", lambda: len(self.nodes()) == 2)
-        self.started = time.time()
-        return self
-
-    def stop(self) -> None:
-        tree = _tree([p.pid for p in self.procs])
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)  # `ray start --block` stops its node's processes
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        now = _processes()
-        for pid, started in tree.items():  # whatever is left (same pid *and* start time: not a reused pid)
-            if now.get(pid, (0, None))[1] == started:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    token = secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}  # no S3 access of its own
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the job's `python`
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    c, t0 = LocalCluster(env), time.time()
+    c, t0 = LocalCluster(node_env(secrets.token_hex(16))), time.time()  # no S3 access of its own
     try:
         yield c.start()
     finally:
@@ -625,7 +496,7 @@ def test_only_the_documented_metrics_ports_answer_without_the_token(cluster):
     metrics = {int(a.split("=")[1]) for args in cluster.args.values() for a in args
                if a.startswith("--metrics-export-port=")}
     metrics |= {AUTOSCALER_METRIC_PORT, DASHBOARD_METRIC_PORT}
-    sockets = listening_sockets(_tree([p.pid for p in cluster.procs]))
+    sockets = listening_sockets(process_tree([p.pid for p in cluster.procs.values()]))
     assert {cluster.port, cluster.dash} <= {port for _, port, _ in sockets}
     answered, report = set(), []
     for address, port, pid in sockets:

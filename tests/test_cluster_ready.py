@@ -27,6 +27,8 @@ def test_a_trial_that_fits_no_node_exits_2_naming_the_resource(tmp_path):
     assert "CPU:" not in err.split("has that")[1]  # only the missing resource is named
     assert "Tuner.restore" not in proc.stdout + proc.stderr
     assert not list((tmp_path / "store" / "gpu").glob("trials/*/attempts/*.json"))  # no trial started
+    # and no saved spec: the same file fixed (gpu: 0) is not "a different sweep named 'gpu'" (issue 20)
+    assert not (tmp_path / "store" / "gpu" / "sweep.yaml").exists()
 
 
 @pytest.mark.parametrize("how", ["RAY_ADDRESS", "--address"])

@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 
 from localist import io
-from tests.helpers import CLI, attempts, env, held, kill_session, progress_step, wait_for, write_sweep
+from tests.helpers import (CLI, attempts, env, held, kill_session, progress_step, same_results, wait_for,
+                           write_sweep)
 from tests.test_s3_storage import moto_s3, s3_env  # noqa: F401 - the S3 server fixtures
 
-# What legitimately differs between two runs of the same trial: timing, memory and provenance.
-VOLATILE = {"wall_s", "train_s", "tokens_per_s", "peak_mem_mb", "node_id", "node_ip", "hostname", "attempts", "elapsed_s"}
 STEPS, CKPT = 100, 10
 HELD = "uniform-strict__s1"  # the last of the sweeps' runs to start (two run at once): tests hold it
 
@@ -29,17 +28,6 @@ def sweep_file(tmp_path, name, store, **kw):
 def run_cli(args, timeout=300, **extra_env):
     return subprocess.run(CLI + args, env=env(**extra_env), capture_output=True, text=True, timeout=timeout,
                           start_new_session=True)
-
-
-def same_content(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> None:
-    cols = sorted(c for c in a.columns if c not in VOLATILE)
-    assert cols == sorted(c for c in b.columns if c not in VOLATILE)
-    a, b = (x[cols].sort_values(key).reset_index(drop=True) for x in (a, b))
-    for c in cols:
-        if pd.api.types.is_float_dtype(a[c]):
-            assert np.allclose(a[c], b[c], rtol=1e-6, atol=1e-9, equal_nan=True), c
-        else:
-            assert a[c].astype(str).tolist() == b[c].astype(str).tolist(), c
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +63,11 @@ def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_
         kill_session(proc)
     finished_first = {p.parent.name for p in sweep.glob("trials/*/trial.parquet")}
     assert 1 <= len(finished_first) < 4
+    # Tune's save torn by such a kill, both ways (on copies): mended before Tuner.restore (issue 20)
+    for how in ("ahead", "behind"):
+        check_mended_generator(sweep / "tune", tmp_path / how, how)
+    # and this sweep resumed from a torn save: its trial list lacks the held run, which its generator had made
+    tear(sweep / "tune", "ahead")
 
     # 3. killed while writing the consolidated results (trials.parquet written, the rest not)
     crashed = run_cli(["sweep", "resume", str(sweep), "--no-aggregate"], LOCALIST_CACHE=cache,
@@ -87,11 +80,49 @@ def test_driver_crashes_then_resumes_to_the_uninterrupted_result(reference, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     starts = attempts(sweep)
     assert all(starts[t] == 1 for t in finished_first)  # finished trials never ran again
-    for kind, key in (("trials", ["trial_id"]), ("steps", ["trial_id", "split", "step"]),
-                      ("layers", ["trial_id", "step", "layer"]), ("attention", ["trial_id", "layer", "query", "key"])):
-        mine = pd.read_parquet(sweep / "results" / f"{kind}.parquet")
-        assert not mine.duplicated(key).any(), kind
-        same_content(mine, pd.read_parquet(reference / "results" / f"{kind}.parquet"), key)
+    same_results(lambda kind: pd.read_parquet(sweep / "results" / f"{kind}.parquet"),
+                 lambda kind: pd.read_parquet(reference / "results" / f"{kind}.parquet"))
+
+
+def tear(tune: Path, how: str) -> None:
+    """Tune's newest save of a grid torn as a kill between its two files leaves it. 'ahead': the
+    trial list lacks HELD, which the generator had made (restored as is, HELD would never run);
+    'behind': the generator is still to make HELD, which the list has (it would run twice)."""
+    from ray import cloudpickle
+    from ray.tune.search.basic_variant import _VariantIterator
+    from ray.tune.search.variant_generator import generate_variants
+
+    from orchestrator.sweep import grid_state, tune_state
+
+    if how == "ahead":
+        f = Path(tune_state.newest(str(tune)))
+        state = json.loads(f.read_text())
+        state["trial_data"] = [t for t in state["trial_data"] if json.loads(t[0])["config"]["trial_id"] != HELD]
+        f.write_text(json.dumps(state))
+        return
+    f = sorted(tune.glob(f"{grid_state.GENERATOR_PREFIX}*.json"))[-1]
+    gen = cloudpickle.loads(f.read_bytes())
+    it = gen["_iterators"][0]
+    it.variants = _VariantIterator([v for v in generate_variants(it.unresolved_spec)
+                                    if v[1]["config"]["trial_id"] == HELD])
+    gen["_finished"] = False
+    f.write_bytes(cloudpickle.dumps(gen))
+
+
+def check_mended_generator(tune: Path, copy: Path, how: str) -> None:
+    from ray import cloudpickle
+
+    from orchestrator.sweep import grid_state
+
+    shutil.copytree(tune, copy)
+    tear(copy, how)
+    said = []
+    assert grid_state.mend(str(copy), said.append)
+    to_come = 1 if how == "ahead" else 0
+    assert len(said) == 1 and said[0].endswith(f"mended, {to_come} still to come"), said
+    gen = cloudpickle.loads(sorted(copy.glob(f"{grid_state.GENERATOR_PREFIX}*.json"))[-1].read_bytes())
+    assert [v[1]["config"]["trial_id"] for v in gen["_iterators"][0].variants.iterable] == [HELD] * to_come
+    assert grid_state.mend(str(copy), said.append) and len(said) == 1  # in step now: nothing to do
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ in AWS_ENDPOINT_URL (what pyarrow and every AWS tool read), or pyarrow's URI que
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -26,17 +25,10 @@ BUCKET = "localist-test"
 @pytest.fixture(scope="module")
 def moto_s3():
     """(AWS_* variables that reach the server, a pyarrow filesystem on it); one bucket, BUCKET."""
-    import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
+    from benchmarks.loopback import s3_filesystem, s3_server
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
-                           endpoint_override=f"{host}:{port}", allow_bucket_creation=True)
+    server, env = s3_server()
+    fs = s3_filesystem(env)
     fs.create_dir(BUCKET)
     yield env, fs
     server.stop()

@@ -95,6 +95,34 @@ def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, mon
                                   rtol=1e-6)
 
 
+def test_a_stop_request_checkpoints_after_the_current_step_and_resume_redoes_none(tiny_config, tmp_path):
+    """fit's stop_requested (a sweep's stop with notice): at the first step it says so, that step's
+    checkpoint is saved and fit raises Preempted; resuming from it ends as a run that never stopped."""
+    from localist.trainer import Preempted
+
+    cfg = tiny_config(train={"checkpoint_every": 8, "log_every": 4}, locality={"peak": 0.5})
+    clean = Trainer(cfg, str(tmp_path / "clean"), log=lambda *_: None).fit()
+    saved = []
+
+    def save(tr):  # as the sweep trainable: the checkpoint of the step, and whether a stop asked for it
+        d = tmp_path / f"ckpt{tr.step}"
+        d.mkdir()
+        tr.save_checkpoint(str(d))
+        saved.append((tr.step, tr.stopping, d))
+
+    first = Trainer(cfg, str(tmp_path / "run"), log=lambda *_: None)
+    with pytest.raises(Preempted) as stopped:
+        first.fit(on_checkpoint=save, stop_requested=lambda: first.step >= 11)
+    assert stopped.value.args[0] == 11 and [(s, why) for s, why, _ in saved] == [(8, False), (11, True)]
+    second = Trainer(cfg, str(tmp_path / "run"), log=lambda *_: None)
+    second.load_checkpoint(str(saved[-1][2]))
+    assert second.step == 11
+    assert second.fit(on_checkpoint=save).eval_loss == clean.eval_loss  # exactly
+    steps = pd.read_parquet(tmp_path / "run" / "steps.parquet")
+    clean_steps = pd.read_parquet(tmp_path / "clean" / "steps.parquet")
+    pd.testing.assert_frame_equal(steps.drop(columns="elapsed_s"), clean_steps.drop(columns="elapsed_s"))
+
+
 def test_a_checkpoint_copied_in_part_is_not_whole(tiny_config, tmp_path):
     """A checkpoint's state file lists its other files with their sizes: a copy cut short (a file
     missing or short) reads as not whole, as does a checkpoint whose state lists nothing."""

@@ -3,7 +3,8 @@
 Every line the Ray workers print (Accelerate's "Removed shared tensor ...", Ray's "Checkpoint
 successfully created at ...", our trial lines) and every Ray/Tune log record of the driver goes
 to `<sweep>/logs/driver-<UTC time>.log`. The console keeps our own tagged lines (`[trial-id] ...`,
-`[data] ...`, `[sweep] ...`), worker lines that report an error, and Ray's warnings and errors.
+`[data] ...`, `[sweep] ...`), worker lines that report an error, and Ray's warnings and errors;
+object storage retries (localist.io) go to the file only, the driver's and the trials' alike.
 `verbose=True` leaves Ray's console output exactly as Ray makes it.
 """
 
@@ -77,6 +78,7 @@ class Console:
             self._levels.append((h, h.level))
             h.setLevel(max(h.level, logging.WARNING))
         ray_logger.addHandler(self._handler)
+        io.log.addHandler(self._handler)  # storage retries: the log file only
 
     def attach(self) -> None:
         """After ray.init: worker output goes through `_worker_lines` instead of Ray's printer."""
@@ -103,6 +105,8 @@ class Console:
             lines = [x.split(":event_summary:", 1)[1] for x in lines if ":event_summary:" in x]
         for line in lines:
             self._file.write(f"({where}) {line}\n")
+            if line.startswith(io.RETRY_TAG):  # a trial's storage retry: routine, the log file only
+                continue
             if OURS.match(line):
                 if self.trial_lines or SWEEP_LINE.match(line) or PROBLEM.search(line):
                     print(line, file=sink, flush=True)
@@ -119,6 +123,7 @@ class Console:
         except ImportError:
             pass
         logging.getLogger("ray").removeHandler(self._handler)
+        io.log.removeHandler(self._handler)
         for h, level in self._levels:
             h.setLevel(level)
             if isinstance(h.formatter, _OneLineErrors):

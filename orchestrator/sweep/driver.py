@@ -19,7 +19,7 @@ from localist.config import ConfigError
 from localist.data import prepare
 from localist.errors import UserError
 from orchestrator import layout
-from orchestrator.sweep import console, ray_start, status, tracking, train_workers, tuners
+from orchestrator.sweep import console, preempt, ray_start, status, tracking, train_workers, tuners
 from orchestrator.sweep.collect import collect
 from orchestrator.sweep.lock import SweepLock
 from orchestrator.spec import SweepSpec, Trial, check_files, expand, runs
@@ -138,13 +138,14 @@ class _Progress(threading.Thread):
 
 def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[[str], None] = print,
         aggregate: bool = True, progress_every: float = 20.0, sweep_uri: str | None = None,
-        verbose: bool = False, trial_lines: bool | None = None) -> int:
+        verbose: bool = False, trial_lines: bool | None = None, grace_s: float = preempt.GRACE_S) -> int:
     """Run (or continue) a sweep. Returns the process exit code: 0 when every trial has a result.
 
     sweep_uri overrides <storage>/<name> (resume of a sweep folder that was renamed or copied).
     verbose: Ray's own console output instead of the quiet one (see orchestrator/sweep/console.py).
     trial_lines: each trial's progress lines on the console (None: only for sweeps of at most
     console.TRIAL_LINES_MAX_RUNS runs; a larger one shows its status line every progress_every s).
+    grace_s: on SIGTERM, SIGUSR1 or `sweep stop`, how long running trials get to checkpoint.
     """
     trials = expand(spec, source)
     check_files(trials, source)  # also on resume: the corpus must be readable from here
@@ -153,13 +154,12 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
     with SweepLock(sweep_uri):
         spec_f = layout.spec_file(sweep_uri)
         text = layout.spec_text(spec)
-        if io.exists(spec_f):
+        new = not io.exists(spec_f)
+        if not new:
             if not layout.same_sweep(io.read_text(spec_f), spec):
                 raise ConfigError(f"{source}: name: a different sweep named {spec.name!r} already exists at "
                                   f"{sweep_uri}; choose a new name or storage, or resume that one")
             log(f"[sweep] {sweep_uri} exists with this spec: continuing it (finished trials are kept)")
-        else:
-            io.write_text(spec_f, text)
         if spec.search:
             log(f"[sweep] {spec.name}: search, then {'confirm' if spec.search.confirm else 'no confirm'} -> {sweep_uri}")
         else:
@@ -176,11 +176,17 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
                 f"comes every {progress_every:.0f} s (--trial-lines shows them)")
         import ray
 
+        drain = preempt.Drain(sweep_uri, grace_s, log)
         try:
+            drain.install()
             where = ray_start.start(address, log)
             quiet.attach()
             slots = _cluster_slots(spec, trials, where, sweep_uri, log)
+            if ray_start.address_and_source(address)[0]:
+                ray_start.check_storage(sweep_uri, where)
             tuned = tune_spec(spec, trials, slots, log)
+            if new:  # only once nothing refused it: fixing the file and running again must just work
+                io.write_text(spec_f, text)
             _prepare_data(trials, log)
 
             def fit(tuner, ticked: list[Trial] | None = None):
@@ -194,11 +200,12 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
                     _storage_alive(sweep_uri, e)
                     raise
                 finally:
+                    drain.fit_ended()
                     if ticker:
                         ticker.halt.set()
                 _storage_alive(sweep_uri)
                 unfinished = _unfinished(grid)
-                if unfinished:  # Tune stopped early (Ctrl-C, SIGUSR1) and returned as if it had finished
+                if unfinished or drain.stopping:  # Tune stopped early (Ctrl-C, a stop) and returned as if it had finished
                     raise _Interrupted(unfinished)
                 return grid
 
@@ -206,9 +213,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             if spec.search:
                 from orchestrator.sweep import search_run
 
-                trials = search_run.run(tuned, source, sweep_uri, log, fit)
+                trials = search_run.run(tuned, source, sweep_uri, log, fit, [drain.callback()])
             else:
-                tuner, restored = tuners.grid_tuner(tuned, trials, sweep_uri, log)
+                tuner, restored = tuners.grid_tuner(tuned, trials, sweep_uri, log, extra=[drain.callback()])
                 if restored:
                     log("[sweep] restored Ray Tune state: unfinished and errored trials continue")
                 tuners.mark_final_errors(fit(tuner, trials), sweep_uri)
@@ -217,7 +224,9 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             for line in tracking.hints(spec.tracking, sweep_uri):
                 log(line)
         except _Interrupted as e:
-            log(f"[sweep] Ray Tune stopped with {e.args[0]} trial(s) unfinished; continue with: {hint.line}")
+            what = (f"stopped ({drain.by}), Tune's state saved" if drain.stopping
+                    else f"Ray Tune stopped with {e.args[0]} trial(s) unfinished")
+            log(f"[sweep] {what}; continue with: {hint.line}")
             return EXIT_INTERRUPTED
         except (KeyboardInterrupt, SystemExit):
             log(f"[sweep] interrupted; continue with: {hint.line}")
@@ -227,6 +236,7 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             if ray.is_initialized():  # Ray forwards worker lines asynchronously: let the last ones
                 time.sleep(LOG_GRACE_S)  # ("[trial] completed ...") arrive before it shuts down
             ray.shutdown()
+            drain.uninstall()  # after Ray: held trials have gone with it
             quiet.close()
         code = finish(spec, trials, sweep_uri, log, aggregate)
         rows = status.run_states(sweep_uri, trials)
@@ -258,10 +268,10 @@ def finish(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, aggregate:
 
 
 def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: bool = True,
-           verbose: bool = False, trial_lines: bool | None = None) -> int:
+           verbose: bool = False, trial_lines: bool | None = None, grace_s: float = preempt.GRACE_S) -> int:
     """Continue the sweep stored at sweep_uri, wherever that folder now is and whatever its name."""
     if "://" not in sweep_uri:
         sweep_uri = os.path.abspath(os.path.expanduser(sweep_uri))
     spec = layout.load_saved(sweep_uri)
     return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate,
-               sweep_uri=sweep_uri, verbose=verbose, trial_lines=trial_lines)
+               sweep_uri=sweep_uri, verbose=verbose, trial_lines=trial_lines, grace_s=grace_s)

@@ -2,7 +2,9 @@
 
 Local storage uses an advisory fcntl lock, which the kernel releases when the holder dies (so a
 SIGKILLed driver never leaves a stale lock). Object stores have no such lock: the driver keeps a
-lease object fresh and a new driver refuses while the lease is younger than LEASE_S.
+lease object fresh and a new driver refuses while the lease is younger than LEASE_S, unless the
+lease's driver ran on this machine and its process is gone (a killed driver, or the lost head of a
+one-machine cluster): then its lease is stale at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,23 @@ from orchestrator import layout
 LEASE_S = 120.0
 
 
+def _started(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc), to tell it from a later one of its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _gone(holder: dict) -> bool:
+    """The lease's driver ran on this machine and its process has ended (False when not known)."""
+    if holder.get("host") != socket.gethostname() or "pid" not in holder or not os.path.isdir("/proc/self"):
+        return False
+    started = _started(int(holder["pid"]))
+    return started is None or (holder.get("started") is not None and started != holder["started"])
+
+
 class SweepLocked(UserError, RuntimeError):
     """Another driver holds the sweep: the second one refuses (exit 2)."""
 
@@ -33,7 +52,8 @@ class SweepLock:
         self._thread: threading.Thread | None = None
 
     def _holder(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "heartbeat": time.time()}
+        return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "heartbeat": time.time(),
+                "started": _started(os.getpid())}
 
     def acquire(self) -> "SweepLock":
         if io.is_local(self.uri):
@@ -53,8 +73,9 @@ class SweepLock:
         if io.exists(self.uri):
             other = io.read_text(self.uri)
             try:
-                fresh = time.time() - json.loads(other)["heartbeat"] < LEASE_S
-            except (ValueError, KeyError):
+                h = json.loads(other)
+                fresh = time.time() - h["heartbeat"] < LEASE_S and not _gone(h)
+            except (ValueError, KeyError, TypeError):
                 fresh = False
             if fresh:
                 raise SweepLocked(self._message(other))
@@ -110,6 +131,8 @@ class SweepLock:
             h, who = {}, "a driver"
         if not io.is_local(self.uri):
             age = time.time() - h.get("heartbeat", 0)
+            if _gone(h):
+                return False, f"last run by {who}, which is gone"
             return age < LEASE_S, f"{who}, lease renewed {age:.0f} s ago"
         fd = os.open(io.resolve(self.uri)[1], os.O_RDONLY)
         try:

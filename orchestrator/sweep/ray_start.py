@@ -4,6 +4,8 @@ within a minute, and what that cluster can run, asked before any trial starts.
 Ray's own `ray.init(address=...)` retries an address that does not answer forever, and Tune
 keeps a trial whose resources no node has "pending" forever; both look like a slow start to a
 user. Here both become an exit-2 error within a minute that names the address or the resource.
+So does object storage that the cluster's nodes cannot write (their environment lacks the
+credentials this shell has): every trial would fail on its first write otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 
+from localist import faults
 from localist.config import ConfigError
 
 CONNECT_TIMEOUT_S = 45.0  # whole attach; with imports and validation the command ends within a minute
@@ -74,13 +77,67 @@ def connect(address: str, source: str, log) -> None:
             os._exit(2)  # ray.init cannot be interrupted from another thread
 
     threading.Thread(target=give_up, daemon=True).start()
+    # a test's trial faults reach trials on the cluster's nodes (a Ray Job passes its own environment)
+    fault = os.environ.get(faults.TRIAL_ENV)
+    job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    extra = {"runtime_env": {"env_vars": {faults.TRIAL_ENV: fault}}} if fault and not job else {}
     try:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **extra)
     except ConnectionError as e:
         raise ConfigError(f"cannot connect to the Ray cluster at {address} (from {source}): {e}") from None
     finally:
         done.set()
     log(f"[sweep] attached to the Ray cluster at {address} (from {source})")
+
+
+STORAGE_PROBE_S = 60.0  # a node whose probe has not answered by then cannot reach the storage
+
+
+def _probe(uri: str, names: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """On a node: why the storage cannot be written from there (None: it can), and which of `names` are set."""
+    from localist import io
+
+    return io.probe(uri), [n for n in names if os.environ.get(n)]
+
+
+def check_storage(sweep_uri: str, where: str) -> None:
+    """Exit 2 (ConfigError) unless every node of an attached cluster can write the sweep's object
+    storage (a local path is the nodes' shared filesystem's to provide): one probe per node, naming
+    what this shell sets for S3 that the failing nodes' environment lacks."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from localist import io
+
+    if io.is_local(sweep_uri):
+        return
+    probe_task = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = {n["NodeManagerAddress"] + " (node " + n["NodeID"][:8] + ")": probe_task.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(sweep_uri, io.S3_ENV)
+        for n in nodes}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=STORAGE_PROBE_S)
+    failed, lacking = {}, set()
+    for name, ref in refs.items():
+        if ref not in ready:
+            failed[name] = f"no answer within {STORAGE_PROBE_S:.0f} s"
+            continue
+        try:
+            reason, present = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - the probe task itself failed there
+            reason, present = f"{type(e).__name__}: {e}", []
+        if reason:
+            failed[name] = reason.splitlines()[0][:300]
+            lacking |= {k for k in io.S3_ENV if os.environ.get(k) and k not in present}
+    if not failed:
+        return
+    what = "; ".join(f"{n}: {r}" for n, r in failed.items())
+    hint = (f"they lack {', '.join(sorted(lacking))}, which this shell sets. Start the nodes with "
+            f"{'it' if len(lacking) == 1 else 'them'} (or give them a role that may write the bucket), or run the "
+            "sweep with `localist submit`, which passes them to the job" if lacking else
+            "check the nodes' credentials (environment, role, ~/.aws) and the endpoint they reach")
+    raise ConfigError(f"storage {sweep_uri}: {len(failed)} of {len(nodes)} node(s) of {where} cannot write it "
+                      f"({what}): {hint}")
 
 
 def request(cpu: float, gpu: float) -> dict[str, float]:

@@ -132,7 +132,7 @@ def _continue_from(spec: SweepSpec, group: Group, sweep_uri: str, log) -> dict[s
     return done
 
 
-def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
+def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print, extra: list = ()):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -152,7 +152,7 @@ def _tuner(spec: SweepSpec, group: Group, sweep_uri: str, log=print):
     fn = tune.with_resources(fn, train_workers.tune_resources(spec, workers_of, multi))
     uri = layout.search_tune_dir(sweep_uri, group.name)
     fs, path = io.resolve(uri)
-    callbacks = tuners.run_callbacks(spec, sweep_uri)  # trackers; the cleaner empties finished or stopped trials' checkpoints
+    callbacks = tuners.run_callbacks(spec, sweep_uri, extra)  # trackers; the cleaner empties finished or stopped trials' checkpoints
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         problem = _state_problem(uri)
         if problem is None:
@@ -244,13 +244,14 @@ def _record(spec: SweepSpec, group: Group, grid, sweep_uri: str) -> dict:
     return record
 
 
-def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
-    """Every unfinished search, then the confirmation; returns the confirm trials ([] if none)."""
+def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit, extra: list = ()) -> list[Trial]:
+    """Every unfinished search, then the confirmation; returns the confirm trials ([] if none).
+    extra: more Tune callbacks for every Tuner (tuners.run_callbacks)."""
     for group in groups(spec):
         if io.exists(layout.search_file(sweep_uri, group.name)):
             log(f"[search] {group.name}: finished earlier, kept")
             continue
-        tuner, restored = _tuner(spec, group, sweep_uri, log)
+        tuner, restored = _tuner(spec, group, sweep_uri, log, extra)
         if tuner is not None:
             log(f"[search] {group.name}: {'restored searcher; continuing' if restored else 'starting'} "
                 f"({spec.search.algorithm}, {spec.search.num_samples} samples in all)")
@@ -267,13 +268,13 @@ def run(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
     if trials:
         first = [t for t in trials if t.seed in spec.search.confirm.seeds]
         log(f"[search] confirm: {len(first)} results from {len({t.run_id for t in first})} runs")
-        tuners.mark_final_errors(fit(tuners.grid_tuner(spec, first, sweep_uri, log)[0], first), sweep_uri)
+        tuners.mark_final_errors(fit(tuners.grid_tuner(spec, first, sweep_uri, log, extra=extra)[0], first), sweep_uri)
         if spec.search.confirm.until:
-            trials = _seed_rounds(spec, source, sweep_uri, log, fit)
+            trials = _seed_rounds(spec, source, sweep_uri, log, fit, extra)
     return trials
 
 
-def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list[Trial]:
+def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit, extra: list = ()) -> list[Trial]:
     """Sequential seeding: while a cell's ratio CI is wider than the target and it has had fewer
     than max_seeds seeds, add the next seed to it (and to the baseline cells), one round at a time.
     Each round is recorded before it runs, so a resumed driver finishes it rather than re-deciding."""
@@ -286,7 +287,8 @@ def _seed_rounds(spec: SweepSpec, source: str, sweep_uri: str, log, fit) -> list
             if not all(trial_files.ended(layout.trial_dir(sweep_uri, t.run_id)) for t in new):
                 log(f"[search] seed round {r['seed']}: {len(new)} results for {', '.join(r['cells'])}")
                 tune_uri = layout.seed_tune_dir(sweep_uri, r["seed"])
-                tuners.mark_final_errors(fit(tuners.grid_tuner(spec, new, sweep_uri, log, tune_uri)[0], new), sweep_uri)
+                tuner = tuners.grid_tuner(spec, new, sweep_uri, log, tune_uri, extra)[0]
+                tuners.mark_final_errors(fit(tuner, new), sweep_uri)
         need = _needing_seeds(spec, trials, sweep_uri, log)
         if not need:
             return trials

@@ -18,8 +18,9 @@ import torch
 
 from localist import compute, trial_files
 from localist.config import TrialConfig
-from localist.trainer import Trainer
+from localist.trainer import Preempted, Trainer
 from orchestrator import layout
+from orchestrator.sweep import preempt
 
 
 def _report(metrics: dict, checkpoint_dir: str | None = None) -> None:
@@ -34,12 +35,15 @@ EVAL_KEYS = ("eval_loss", "eval_ppl")
 LAYER_KEYS = ("entropy_bits", "in_block_mass")
 
 
-def metrics(step: int, n_layer: int, values: dict, status: str = "running", skipped: int = 0) -> dict:
+def metrics(step: int, n_layer: int, values: dict, status: str = "running", skipped: int = 0,
+            stop_checkpoint: int = 0) -> dict:
     """One Tune report: always the same keys in the same order (Tune's progress.csv takes its columns
     from a trial's first report), NaN where this step has no such number (TensorBoard skips NaN).
-    timesteps_total is the training step: TensorBoard and MLflow use it as the x axis."""
+    timesteps_total is the training step: TensorBoard and MLflow use it as the x axis.
+    stop_checkpoint 1: the report carries the checkpoint a stop request asked for (preempt.Drain waits for it)."""
     keys = TRAIN_KEYS + EVAL_KEYS + tuple(f"layer{i}/{q}" for i in range(n_layer) for q in LAYER_KEYS)
-    out = {"step": step, "timesteps_total": step, "status": status, "skipped": skipped}
+    out = {"step": step, "timesteps_total": step, "status": status, "skipped": skipped,
+           preempt.STOP_CHECKPOINT: stop_checkpoint}
     out.update({k: float(values.get(k, math.nan)) for k in keys})
     return out
 
@@ -70,7 +74,9 @@ def search_trial(config: dict, cells: dict[str, dict], seed: int, sweep_uri: str
 
 def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool, scale: dict | None) -> None:
     """Run one trial into trials/<trial_id>/: in this process, or for a trial of several workers as
-    the driver of their Ray Train run (`train_workers.fit`; scale: the sweep's resources)."""
+    the driver of their Ray Train run (`train_workers.fit`; scale: the sweep's resources).
+    In this process a stop request (`preempt`) makes it checkpoint after its current step and hold
+    there; a Ray Train run stops as Tune stops it (its workers would have to agree on the step)."""
     from ray import tune
 
     # Tune runs a trial inside its own trial folder; relative paths in trial configs (a corpus
@@ -90,11 +96,17 @@ def _train(trial_id: str, make_config, sweep_uri: str, cpus: float, search: bool
 
         train_workers.fit(trial_id, cfg, sweep_uri, search, scale or {}, run)
         return
-    run(trial_id, cfg, sweep_uri, cpus, search, _report, tune.get_checkpoint(), config_s=config_s)
+    stop_requested = preempt.Watcher(sweep_uri)  # `sweep stop`, or a signal to the driver
+    stop_requested.start()
+    try:
+        run(trial_id, cfg, sweep_uri, cpus, search, _report, tune.get_checkpoint(), config_s=config_s,
+            stop_requested=stop_requested)
+    finally:  # a reused worker runs other trials next
+        stop_requested.close()
 
 
 def run(trial_id: str, cfg: TrialConfig, sweep_uri: str, cpus: float, search: bool, send, checkpoint,
-        main: bool = True, config_s: float = 0.0) -> None:
+        main: bool = True, config_s: float = 0.0, stop_requested=None) -> None:
     """Train one trial in this process (a Tune trial, or one worker of a Ray Train run) and report
     through send(metrics, checkpoint_dir). A grid trial reports at every log and evaluation
     (live metrics); a search trial only at evaluations and checkpoints, each with a finite eval
@@ -106,10 +118,10 @@ def run(trial_id: str, cfg: TrialConfig, sweep_uri: str, cpus: float, search: bo
     torch.set_num_threads(max(1, int(cpus)))
     attempt = trial_files.attempts(out) + int(main)
     node_id = ray.get_runtime_context().get_node_id()
+    record = {"attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
+              "pid": os.getpid(), "from_checkpoint": checkpoint is not None, "start_step": 0}
     if main:
-        trial_files.write_attempt(out, attempt, {
-            "attempt": attempt, "time": time.time(), "host": socket.gethostname(), "node_id": node_id,
-            "pid": os.getpid(), "from_checkpoint": checkpoint is not None})
+        trial_files.write_attempt(out, attempt, record)
     try:  # given a GPU, a torch without usable CUDA would otherwise train on the CPU without a word
         compute.require_cuda(ray.get_gpu_ids())
     except compute.NoCudaError as e:
@@ -134,6 +146,9 @@ def run(trial_id: str, cfg: TrialConfig, sweep_uri: str, cpus: float, search: bo
                 print(f"[{trial_id}] its checkpoint was emptied when Tune stopped it: starting from step 0", flush=True)
             else:
                 trainer.load_checkpoint(d)
+                record["start_step"] = trainer.step
+                if main:
+                    trial_files.write_attempt(out, attempt, record)
 
     def last_eval(tr: Trainer) -> float:
         return next((r["loss"] for r in reversed(tr.step_rows) if r["split"] == "eval"), math.nan)
@@ -148,7 +163,9 @@ def run(trial_id: str, cfg: TrialConfig, sweep_uri: str, cpus: float, search: bo
             values.setdefault("eval_ppl", math.exp(loss) if loss < 700 else math.inf)
         with tempfile.TemporaryDirectory() as d:
             tr.save_checkpoint(d)
-            report(metrics(tr.step, tr.n_layer, values), d)
+            if tr.stopping and main:  # before the report: the driver may end this process once Tune has it
+                trial_files.write_attempt(out, attempt, {**record, "stopped_at_step": tr.step})
+            report(metrics(tr.step, tr.n_layer, values, stop_checkpoint=int(tr.stopping)), d)
 
     def on_progress(info: dict) -> None:
         trial_files.write_progress(out, {**info, "attempt": attempt})
@@ -161,7 +178,12 @@ def run(trial_id: str, cfg: TrialConfig, sweep_uri: str, cpus: float, search: bo
 
     try:
         result = trainer.fit(on_checkpoint=on_checkpoint, on_progress=on_progress,
-                             on_eval=on_eval if search else None, on_metrics=None if search else on_metrics)
+                             on_eval=on_eval if search else None, on_metrics=None if search else on_metrics,
+                             stop_requested=stop_requested)
+    except Preempted as stopped:  # its checkpoint is with Tune: wait for the driver to end the process
+        print(f"[{trial_id}] stop requested: checkpoint at step {stopped.args[0]} saved, waiting for the driver",
+              flush=True)
+        preempt.hold()
     except Exception as e:
         if main:
             trial_files.write_error(out, attempt, f"{type(e).__name__}: {e}", traceback.format_exc())

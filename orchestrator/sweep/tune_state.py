@@ -48,6 +48,14 @@ def _encode(obj):
     return json.loads(json.dumps(obj, cls=TuneFunctionEncoder))
 
 
+def remove_checkpoints(trial_uri: str) -> None:
+    """Every checkpoint folder of a trial's Tune folder, and the Ray Train run of a multi-worker
+    trial (its checkpoints)."""
+    for name in io.listdir(trial_uri):
+        if name.startswith(layout.TUNE_CHECKPOINT_PREFIX) or name == layout.TRAIN_RUN:
+            io.delete(io.join(trial_uri, name))
+
+
 def _checkpoints(trial_uri: str) -> dict[int, str]:
     """index -> folder name of the trial's checkpoint folders on storage."""
     return {int(m.group(1)): name for name in io.listdir(trial_uri) if (m := _INDEX.match(name))}

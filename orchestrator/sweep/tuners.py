@@ -8,14 +8,7 @@ import os
 from localist import io, trial_files
 from orchestrator import layout
 from orchestrator.spec import SweepSpec, Trial, runs
-from orchestrator.sweep import tracking, train_workers, tune_state
-
-
-def remove_checkpoints(trial_tune_dir: str) -> None:
-    """A trial's Tune checkpoints, and the Ray Train run of a multi-worker trial (its checkpoints)."""
-    for name in io.listdir(trial_tune_dir):
-        if name.startswith(layout.TUNE_CHECKPOINT_PREFIX) or name == layout.TRAIN_RUN:
-            io.delete(io.join(trial_tune_dir, name))
+from orchestrator.sweep import grid_state, tracking, train_workers, tune_state
 
 
 def finished_checkpoints_removed(sweep_uri: str) -> None:
@@ -26,7 +19,7 @@ def finished_checkpoints_removed(sweep_uri: str) -> None:
         for name in io.listdir(experiment):
             trial = layout.trial_dir(sweep_uri, name)  # Tune's own files there have no trial folder
             if io.exists(trial) and (ended or trial_files.has_result(trial)):
-                remove_checkpoints(io.join(experiment, name))
+                tune_state.remove_checkpoints(io.join(experiment, name))
 
 
 def checkpoint_cleaner():
@@ -58,9 +51,10 @@ def checkpoint_cleaner():
     return EmptyFinishedCheckpoints()
 
 
-def run_callbacks(spec: SweepSpec, sweep_uri: str) -> list:
-    """Tune callbacks of every Tuner of a sweep: the trackers, then the checkpoint cleaner."""
-    return tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [checkpoint_cleaner()]
+def run_callbacks(spec: SweepSpec, sweep_uri: str, extra: list = ()) -> list:
+    """Tune callbacks of every Tuner of a sweep: the trackers, the checkpoint cleaner, then the
+    driver's own (`extra`: its stop on request, orchestrator/sweep/preempt.py)."""
+    return tracking.callbacks(spec.tracking, sweep_uri, spec.name) + [checkpoint_cleaner(), *extra]
 
 
 def run_config(spec: SweepSpec, path: str, fs, callbacks: list):
@@ -91,8 +85,10 @@ def restore(uri: str, fn, callbacks: list, log, param_space: dict | None = None)
     return tuner
 
 
-def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_uri: str | None = None):
-    """tune_uri: the experiment folder (default <sweep>/tune; a search's later seed rounds use others)."""
+def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_uri: str | None = None,
+               extra: list = ()):
+    """tune_uri: the experiment folder (default <sweep>/tune; a search's later seed rounds use others);
+    extra: more Tune callbacks (run_callbacks)."""
     from ray import tune
 
     from orchestrator.sweep.trainable import sweep_trial
@@ -107,8 +103,9 @@ def grid_tuner(spec: SweepSpec, trials: list[Trial], sweep_uri: str, log, tune_u
     # (with an endpoint override) and gs:// all behave alike.
     uri = tune_uri or layout.tune_dir(sweep_uri)
     fs, path = io.resolve(uri)
-    callbacks = run_callbacks(spec, sweep_uri)
-    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+    callbacks = run_callbacks(spec, sweep_uri, extra)
+    # a torn save (trial list and generator out of step) is mended first, or dropped (grid_state)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs) and grid_state.mend(uri, log):
         return restore(uri, fn, callbacks, log), True
     tuner = tune.Tuner(
         fn,
