@@ -283,9 +283,9 @@ def _timed(fn) -> tuple[float, dict]:
 
 
 def layout_spec(sweep_uri: str):
-    from orchestrator import layout
+    from orchestrator.spec import load_saved
 
-    return layout.load_saved(sweep_uri)
+    return load_saved(sweep_uri)
 
 
 def _reads(sweep_uri: str, with_aggregate: bool) -> dict:

@@ -82,6 +82,8 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(20, ge=0, description="linear warm-up, then cosine decay to 10% of lr")
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm (0 = off)")
     eval_every: int = Field(50, ge=1, description="evaluate (with attention statistics) every N steps and at the end")
+    eval_at_start: bool = Field(True, description=(
+        "also evaluate before the first update (step 0): a pretrained base's zero-shot cost of the locality"))
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0 = none; a sweep sets it)")
     log_every: int = Field(10, ge=1, description="print a progress line every N steps")
     precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a capable GPU, else fp32")

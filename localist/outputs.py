@@ -15,6 +15,11 @@ from localist.config import TrialConfig
 POSITION_GROUPS = {"eval_loss_pos1": (0, 1), "eval_loss_pos2_4": (1, 4), "eval_loss_pos5p": (4, None)}
 POSITION_LABELS = {"eval_loss_pos1": "first token of its block", "eval_loss_pos2_4": "positions 2-4",
                    "eval_loss_pos5p": "positions 5+"}  # how the report and model cards name the groups
+# The evaluation before the first update (the starting model under the trial's locality: for a
+# pretrained base, locality's zero-shot cost): trial.parquet's step0_* columns, and step-0 rows in
+# steps/layers.parquet. None of a trial resumed from a checkpoint written before they existed.
+STEP0_PREFIX = "step0_"
+STEP0_COLUMNS = tuple(STEP0_PREFIX + m for m in ("eval_loss", "eval_ppl", *POSITION_GROUPS))
 
 # The long-format files beside trial.parquet: kind -> schema (the one declaration of their columns).
 SCHEMAS = {

@@ -151,6 +151,7 @@ class Trainer:
         self.attention_rows: list[dict] = []
         self.metrics: dict = {}  # what the latest step logged or evaluated (see fit)
         self.eval_positions = dict.fromkeys(outputs.POSITION_GROUPS, math.nan)  # set by evaluate
+        self.step0: dict = dict.fromkeys(outputs.STEP0_COLUMNS)  # the evaluation before any update (evaluate_start)
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read
         self._ahead = None  # the next micro-batch, already on its way to the device
         self._warm: tuple[int, float, int] | None = None  # tokens, train time, dynamo frames after step 1
@@ -300,6 +301,16 @@ class Trainer:
         self._row("eval", loss)
         return loss
 
+    def evaluate_start(self) -> None:
+        """The evaluation at step 0, before any update: the starting model (a pretrained base) under
+        this trial's locality, i.e. what the locality costs before fine-tuning recovers any of it.
+        Its rows go to steps/layers at step 0 and its numbers to ``self.step0``; it reads no random
+        state, so a trial evaluated at step 0 trains exactly as one that is not."""
+        loss = self.evaluate()
+        values = {"eval_loss": loss, "eval_ppl": self.step_rows[-1]["ppl"], **self.eval_positions}
+        self.step0 = {outputs.STEP0_PREFIX + k: v for k, v in values.items()}
+        self.log(f"[{self.trial_id}] step 0 (before training): eval loss {loss:.4f} ppl {values['eval_ppl']:.2f}")
+
     def _keep_sample(self, ctx: LocalityContext, seq: torch.Tensor) -> None:
         """Head-mean attention of the first eval passage at the first and last layer (latest eval)."""
         self.attention_rows = []
@@ -332,7 +343,7 @@ class Trainer:
                  os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names}
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
                  "wall": self.wall_before + time.perf_counter() - self._wall0, "loss_window": self.loss_window,
-                 "step_rows": self.step_rows, "layer_rows": self.layer_rows, "files": files}
+                 "step_rows": self.step_rows, "layer_rows": self.layer_rows, "step0": self.step0, "files": files}
         with open(os.path.join(directory, STATE_FILE), "w") as f:
             json.dump(state, f)
 
@@ -343,6 +354,7 @@ class Trainer:
         self.step, self.tokens_seen, self.train_time = state["step"], state["tokens_seen"], state["train_time"]
         self.wall_before, self.loss_window = state["wall"], state["loss_window"]
         self.step_rows, self.layer_rows = state["step_rows"], state["layer_rows"]
+        self.step0 = state.get("step0", self.step0)  # a checkpoint from before step 0 was evaluated has none
         self.log(f"[{self.trial_id}] resumed from step {self.step}")
 
     def save_model(self, uri: str, summary: dict | None = None) -> None:
@@ -453,6 +465,8 @@ class Trainer:
         status = "completed"
         self.model.train()
         tokens_per_step = t.global_batch * self.cfg.data.seq_len  # over all workers
+        if self.step == 0 and t.eval_at_start:
+            self.evaluate_start()
         first = self.step + 1
         while self.step < t.steps:
             t0 = time.perf_counter()
@@ -565,6 +579,7 @@ class Trainer:
             "global_batch": self.cfg.train.global_batch,
             **{k: v if status == "completed" else math.nan
                for k, v in self.eval_positions.items()},
+            **{k: math.nan if v is None else v for k, v in self.step0.items()},
             **self.speed_figures(), **self.timings, **self.extra,
         }
         if not self.is_main:  # the main worker writes the trial's files

@@ -122,7 +122,7 @@ def _cmd_sweep_stop(a) -> int:
 
 
 def _cmd_sweep_status(a) -> int:
-    from orchestrator.layout import load_saved
+    from orchestrator.spec import load_saved
     from orchestrator.sweep import status
 
     path = a.path.rstrip("/")
@@ -141,7 +141,7 @@ def _cmd_sweep_watch(a) -> int:
 
 
 def _cmd_sweep_collect(a) -> int:
-    from orchestrator.layout import load_saved
+    from orchestrator.spec import load_saved
     from orchestrator.sweep import driver
     from orchestrator.sweep.search_plan import trials_of
 

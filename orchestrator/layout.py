@@ -21,8 +21,12 @@
   search/<group>.json        a finished search: its trials, ranked, and the settings to confirm
   search/_rounds.json        confirm.until: the seeds added in rounds and the cells each went to
   tune-seed<N>/              confirm.until: the Tune experiment of the round that added seed N
+  pretrain.json              with `pretrain:`: the base the trials fine-tuned (key, config, steps, eval loss)
   results/                   consolidated {trials,steps,layers,attention}.parquet (+ search.parquet)
   summary/                   aggregation: cells/layers.parquet, report.html, figures
+<storage>/pretrained/<key>/  a pretrained base (spec.pretrain_stage): a sweep of its own, one trial per
+                             base seed (trials/pretrain__s<seed>/model is the base), shared by every
+                             sweep in this storage whose `pretrain:` hashes to the same key
 """
 
 from __future__ import annotations
@@ -33,8 +37,6 @@ import time
 import yaml
 
 from localist import io, trial_files
-from localist.config import ConfigError
-from orchestrator.spec import SweepSpec, validate
 
 
 def sweep_name(sweep_uri: str) -> str:
@@ -60,6 +62,16 @@ TUNE, TUNE_SEARCH, TUNE_SEED = "tune", "tune-search", "tune-seed"  # the sweep's
 
 def tune_dir(sweep_uri: str) -> str:
     return io.join(sweep_uri, TUNE)
+
+
+def pretrained_storage(storage_uri: str) -> str:
+    """Where a storage keeps its pretrained bases: pretrained/<key>/, each a sweep folder of its own."""
+    return io.join(storage_uri, "pretrained")
+
+
+def pretrain_file(sweep_uri: str) -> str:
+    """The pretrained base the sweep's trials fine-tune (orchestrator/sweep/pretrain.py writes it)."""
+    return io.join(sweep_uri, "pretrain.json")
 
 
 def driver_file(sweep_uri: str) -> str:
@@ -196,27 +208,21 @@ def driver_log_file(sweep_uri: str, started: float) -> str:
     return io.join(sweep_uri, "logs", time.strftime("driver-%Y%m%d-%H%M%S.log", time.gmtime(started)))
 
 
-# The saved spec: what a sweep folder was started with (resume, status, collect and submit read it).
+# The saved spec: what a sweep folder was started with (resume, status, collect and submit read it
+# back with spec.load_saved).
 
-def spec_text(spec: SweepSpec) -> str:
+def spec_text(spec) -> str:
     """sweep.yaml as the driver saves it (resume and `status` read it back)."""
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
 
-def same_sweep(saved_text: str, spec: SweepSpec) -> bool:
-    """Equal apart from where it is stored (a sweep folder may be moved or copied)."""
+def same_sweep(saved_text: str, spec) -> bool:
+    """Equal apart from where it is stored (a sweep folder may be moved or copied). spec: a
+    spec.SweepSpec (layout cannot import the module that reads sweep files: it names their paths)."""
     try:  # through the schema, so keys added since with their defaults compare equal
-        saved = SweepSpec.model_validate(yaml.safe_load(saved_text) or {}).model_dump(mode="json")
+        saved = type(spec).model_validate(yaml.safe_load(saved_text) or {}).model_dump(mode="json")
     except ValueError:
         return False
     loose = ("storage", "tracking")  # where results and metrics go does not change the sweep
     return ({k: v for k, v in saved.items() if k not in loose} ==
             {k: v for k, v in spec.model_dump(mode="json").items() if k not in loose})
-
-
-def load_saved(sweep_uri: str) -> SweepSpec:
-    """The spec a sweep was started with, from its storage."""
-    f = spec_file(sweep_uri)
-    if not io.exists(f):
-        raise ConfigError(f"{sweep_uri}: not a sweep (no sweep.yaml); give the folder <storage>/<sweep name>")
-    return validate(yaml.safe_load(io.read_text(f)), f)

@@ -8,6 +8,7 @@ start or resume a sweep: a saved sweep's relative paths need not resolve where `
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -16,16 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from localist.config import ConfigError, TrialConfig, flatten, valid_keys
 from localist.config_files import build, check_files as check_config_files, deep_merge, format_validation_error, \
     load_yaml, nearest
-from orchestrator import search as search_section
+from localist import io
+from orchestrator import layout, search as search_section
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SPEC_KEYS = ["name", "description", "base", "grid", "comparators", "resources", "max_concurrent", "storage",
-             "retries", "checkpoint_every", "keep_checkpoints", "save_model", "search", "tracking"]
+             "retries", "checkpoint_every", "keep_checkpoints", "save_model", "search", "tracking", "pretrain"]
 
 
 # The `tracking:` section (orchestrator/sweep/tracking.py turns it into Tune callbacks).
@@ -62,6 +65,33 @@ class Resources(BaseModel):
                                                "(false: all on one node)")
 
 
+class Pretrain(BaseModel):
+    """`pretrain:`: a base trained once without locality (its own corpus allowed), which every
+    trial of the sweep then fine-tunes, tokenizer included (the paper's regime: web text, then a book)."""
+    model_config = ConfigDict(extra="forbid")
+    model: dict[str, Any] = Field(default_factory=dict, description="the base's shape (a tiny GPT-2's keys)")
+    data: dict[str, Any] = Field(default_factory=dict, description="its corpus, context and vocabulary")
+    train: dict[str, Any] = Field(default_factory=dict, description="its steps, batch and learning rate")
+    seed: int = Field(0, ge=0, description="the base's seed (one base for every trial)")
+    per_seed: bool = Field(False, description="one base per grid seed, pretrained with that seed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_locality(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "locality" in data:
+            raise ValueError("locality: a base is pretrained without locality; the grid's locality applies "
+                             "when each trial fine-tunes it")
+        return data
+
+
+# What a fine-tuning trial of a sweep with `pretrain:` may set under model: (the rest is the base's)
+FINE_TUNE_MODEL_KEYS = ("dropout", "attn_dropout")
+# Settings that cannot change a pretrained base's weights: left out of its content hash
+PRETRAIN_UNHASHED = ("train.checkpoint_every", "train.log_every", "train.eval_every", "train.eval_at_start",
+                     "train.save_model", "data.cache_dir", "seed")
+PRETRAIN_ID = "pretrain"  # the stage's one comparator: its trials are pretrain__s<seed>
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -78,6 +108,8 @@ class SweepSpec(BaseModel):
     save_model: bool = Field(False, description="each run writes its final model as a Hugging Face folder")
     search: search_section.Search | None = Field(None, description="sample settings, then confirm the best")
     tracking: Tracking = Field(default_factory=Tracking, description="MLflow / W&B runs (orchestrator/sweep/tracking.py)")
+    pretrain: Pretrain | None = Field(None, description="pretrain a base once (no locality); every trial fine-tunes it")
+    _stage: Any = PrivateAttr(None)  # pretrain_stage(self), worked out once
 
     @field_validator("name")
     @classmethod
@@ -98,8 +130,6 @@ class SweepSpec(BaseModel):
     def uri(self) -> str:
         """Where the sweep lives; a relative local path is made absolute here, because Ray
         workers do not share the driver's working directory."""
-        from localist import io
-
         storage = self.storage if "://" in self.storage else os.path.abspath(os.path.expanduser(self.storage))
         return io.join(storage, self.name)
 
@@ -176,6 +206,10 @@ def validate(raw: dict[str, Any], source: str) -> SweepSpec:
         _check_name(source, f"comparators.{name}", name)
         _check_overrides(over or {}, source, f"comparators.{name}")
     _check_storage(spec.storage, source)
+    if spec.pretrain:
+        _check_overrides({"model": spec.pretrain.model, "data": spec.pretrain.data, "train": spec.pretrain.train},
+                         source, "pretrain")
+        _check_pretrain(spec, source)
     if spec.search:
         _check_search_values(spec, search_section.check(spec.search, source), source)
     return spec
@@ -216,6 +250,14 @@ def _check_storage(uri: str, source: str) -> None:
         raise _err(source, "storage", f"{path} is not writable ({probe}: {e.strerror})") from None
 
 
+def load_saved(sweep_uri: str) -> SweepSpec:
+    """The spec a sweep was started with, from its storage (layout.spec_file)."""
+    f = layout.spec_file(sweep_uri)
+    if not io.exists(f):
+        raise ConfigError(f"{sweep_uri}: not a sweep (no {f.rsplit('/', 1)[-1]}); give the folder <storage>/<sweep name>")
+    return validate(yaml.safe_load(io.read_text(f)), f)
+
+
 def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> SweepSpec:
     raw = load_yaml(path)
     if overrides:
@@ -253,13 +295,21 @@ def cells(spec: SweepSpec) -> list[Cell]:
     return out
 
 
-def sweep_keys(spec: SweepSpec, tree: dict[str, Any]) -> dict[str, Any]:
+def sweep_keys(spec: SweepSpec, tree: dict[str, Any], source: str = "<sweep>", base: bool = True) -> dict[str, Any]:
     """A (partial) trial tree with what the sweep sets in every trial, search trials included: its
-    checkpoint_every (the sweep's wins), and resources.workers as train.workers where the trial names none."""
+    checkpoint_every (the sweep's wins), resources.workers as train.workers where the trial names none,
+    and with `pretrain:` (unless base is False) the pretrained base of its seed as model.name."""
     train = tree.setdefault("train", {})
     if spec.checkpoint_every:
         train["checkpoint_every"] = spec.checkpoint_every
     train.setdefault("workers", spec.resources.workers)
+    stage = pretrain_stage(spec, source) if base else None
+    if stage:  # its shape too, so the trial's recorded config says what it trained
+        base = stage.config.model
+        model = tree.setdefault("model", {})
+        model.update(name=stage.base(tree.get("seed", spec.seeds[0])), n_layer=base.n_layer, n_embd=base.n_embd,
+                     n_head=base.n_head)
+        tree.setdefault("data", {})["vocab_size"] = stage.config.data.vocab_size
     return tree
 
 
@@ -271,17 +321,89 @@ def check_workers(spec: SweepSpec, cfg: TrialConfig, source: str, where: str) ->
                    f"{cfg.train.workers} workers: a data-parallel worker takes one whole GPU (gpu: 1) or none (gpu: 0)")
 
 
+@dataclass
+class PretrainStage:
+    """The pretraining stage of a sweep with `pretrain:`: its own small sweep (one comparator,
+    ``pretrain``, at each base seed) in <storage>/pretrained/<key>/, where key is a content hash of
+    the base's config, so every sweep naming the same base, in that storage, trains it once."""
+
+    key: str
+    spec: SweepSpec  # the stage as a sweep (its uri: the folder above)
+    seeds: list[int]
+    config: TrialConfig  # at the first seed
+    seq_len: int
+
+    def base(self, seed: int) -> str:
+        """The saved base (a Hugging Face folder) a grid trial at this seed fine-tunes."""
+        from localist.model import MODEL_DIR  # (here: localist.model imports torch)
+
+        s = seed if seed in self.seeds else self.seeds[0]
+        return os.path.join(layout.trial_dir(self.spec.uri, f"{PRETRAIN_ID}__s{s}"), MODEL_DIR)
+
+
+def pretrain_stage(spec: SweepSpec, source: str = "<sweep>") -> PretrainStage | None:
+    """The sweep's pretraining stage, or None without `pretrain:`. Refuses a base config the trial
+    config refuses (ConfigError naming `pretrain.<key>`)."""
+    if spec.pretrain is None:
+        return None
+    if spec._stage is not None:
+        return spec._stage
+    p = spec.pretrain
+    tree = sweep_keys(spec, copy.deepcopy({"model": p.model, "data": p.data, "train": p.train}), base=False)
+    tree["locality"] = {"peak": 0.0}
+    tree["train"].update(save_model=True, eval_at_start=False)  # (a base's own step 0 says nothing)
+    seeds = list(spec.seeds) if p.per_seed else [p.seed]
+    try:
+        cfg = build({**tree, "seed": seeds[0]}, source, prefix="pretrain.")
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the pretrain: section)") from None
+    hashed = {k: v for k, v in cfg.flat().items() if k not in PRETRAIN_UNHASHED}
+    key = hashlib.sha256(json.dumps({"config": hashed, "seeds": seeds}, sort_keys=True).encode()).hexdigest()[:12]
+    storage = spec.storage if "://" in spec.storage else os.path.abspath(os.path.expanduser(spec.storage))
+    stage = SweepSpec(name=key, description=f"pretraining of the base of {spec.name}", base=tree,
+                      grid={"seeds": seeds}, comparators={PRETRAIN_ID: {}}, resources=spec.resources,
+                      retries=spec.retries, checkpoint_every=spec.checkpoint_every, save_model=True,
+                      storage=layout.pretrained_storage(storage))
+    spec._stage = PretrainStage(key, stage, seeds, cfg, cfg.data.seq_len)
+    return spec._stage
+
+
+def _check_pretrain(spec: SweepSpec, source: str) -> None:
+    """A base the trials can load (local or shared storage) and fine-tuning trials that leave its
+    shape alone."""
+    if "://" in spec.storage and not spec.storage.startswith("file://"):
+        raise _err(source, "pretrain", f"needs local or shared-filesystem storage (the trials load the base "
+                   f"from its folder); {spec.storage!r} is not (pretrain locally, then name the folder as model.name)")
+    pretrain_stage(spec, source)
+    overrides = {"base": spec.base, **{f"grid.{a}.{p}": o for a, ps in spec.axes.items() for p, o in ps.items()},
+                 **{f"comparators.{c}": o for c, o in spec.comparators.items()}}
+    for where, over in overrides.items():
+        for k in ((over or {}).get("model") or {}):
+            if k not in FINE_TUNE_MODEL_KEYS:
+                raise _err(source, f"{where}.model.{k}", "with pretrain:, every trial fine-tunes the pretrained "
+                           "base, so its model is the base's (set it under pretrain.model); a trial may set only "
+                           f"{', '.join('model.' + m for m in FINE_TUNE_MODEL_KEYS)}")
+    for cell in cells(spec):
+        make_trial(spec, cell, spec.seeds[0], source)  # a context longer than the base's, say
+
+
 def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, tree: dict[str, Any] | None = None,
                trial_id: str | None = None) -> Trial:
-    """The trial of a cell at a seed; `tree` replaces the cell's tree (a search adds sampled values)."""
-    tree = sweep_keys(spec, copy.deepcopy(cell.tree if tree is None else tree))
+    """The trial of a cell at a seed; `tree` replaces the cell's tree (a search adds sampled values).
+    With `pretrain:` it fine-tunes the base of its seed (pretrain_stage)."""
+    tree = copy.deepcopy(cell.tree if tree is None else tree)
     tree["seed"] = seed
+    tree = sweep_keys(spec, tree, source)
     if spec.save_model:
         tree["train"]["save_model"] = True
+    stage = pretrain_stage(spec, source)
     try:
         cfg = build(tree, source, prefix="")
     except ConfigError as e:
         raise ConfigError(f"{e} (in the trial made from {cell.where}, seed {seed})") from None
+    if stage and cfg.data.seq_len > stage.seq_len:
+        raise _err(source, f"{cell.where}: data.seq_len", f"{cfg.data.seq_len} exceeds the pretrained base's "
+                   f"context (pretrain.data.seq_len: {stage.seq_len}); set base.data.seq_len to at most that")
     check_workers(spec, cfg, source, cell.where)
     return Trial(trial_id or f"{cell.name}__s{seed}", dict(cell.coords), cell.comparator, seed, cfg,
                  where=cell.where)

@@ -525,3 +525,49 @@ def test_small_n_gives_no_bootstrap_or_wilcoxon_and_a_seed_estimate(tmp_path):
     assert f"~{r['seeds_2pct']:.0f} seeds would detect a 2% ratio at 80% power" in r["note"]
     text = " ".join(parse(out["report"]).text)
     assert "Only 2 paired seed(s)" in text and "would detect a 2% ratio at 80% power" in text
+
+
+def test_zero_shot_and_fine_tuned_costs_are_paired_per_seed(tmp_path):
+    """step0_* columns are metrics of their own (paired with the baseline's step 0 of the same seed,
+    Holm-adjusted in their own family); the report's recovery table reads them per position."""
+    from orchestrator.analysis.formatting import recovery_rows
+
+    rng = np.random.default_rng(3)
+    rows, extra = [], ["step0_eval_loss", "step0_eval_ppl", "eval_loss_pos1", "step0_eval_loss_pos1"]
+    for seed in SEEDS:
+        base0, base = 4.0 + 0.1 * seed, 3.0 + 0.05 * seed  # the base's own losses, per seed
+        for conf, cost0, cost in (("peak-0", 0.0, 0.0), ("peak-0.5", 0.1, 0.02), ("peak-1", 0.2, 0.05)):
+            noise = rng.normal(0, 0.01, 4) * (cost > 0)
+            r = trial(conf, "linear", None, seed, math.exp(base + cost + noise[0]))
+            r.update(step0_eval_loss=base0 + cost0 + noise[1], eval_loss_pos1=base + 2 * cost + noise[2],
+                     step0_eval_loss_pos1=base0 + 2 * cost0 + noise[3])
+            r["step0_eval_ppl"] = math.exp(r["step0_eval_loss"])
+            rows.append(r)
+    root = str(tmp_path / "sweep")
+    write_trials(root, rows, pa.schema([*TRIAL_SCHEMA, *(pa.field(c, pa.float64()) for c in extra)]))
+    out = aggregate(root, baseline="peak-0", echo=quiet)
+    cells = pd.read_parquet(os.path.join(root, "summary", "cells.parquet"))
+    by = {(r["configuration"], r["seed"]): r for r in rows}
+    table = recovery_rows(cells)
+    assert set(table.group) == {"all tokens", "first token of its block"} and len(table) == 4
+    p_start = []
+    for conf in ("peak-0.5", "peak-1"):
+        for metric, group in (("eval_loss", "all tokens"), ("eval_loss_pos1", "first token of its block")):
+            zs = np.array([by[conf, s][f"step0_{metric}"] - by["peak-0", s][f"step0_{metric}"] for s in SEEDS])
+            ft = np.array([by[conf, s][metric] - by["peak-0", s][metric] for s in SEEDS])
+            got = table[(table.label == f"{conf}/linear") & (table.group == group)].iloc[0]
+            assert got.zs_ratio == pytest.approx(math.exp(zs.mean()))
+            assert got.ft_ratio == pytest.approx(math.exp(ft.mean()))
+            lo, hi = sps.t.interval(0.95, len(zs) - 1, loc=zs.mean(), scale=sps.sem(zs))
+            assert (got.zs_low, got.zs_high) == (pytest.approx(math.exp(lo)), pytest.approx(math.exp(hi)))
+            assert got.recovered == pytest.approx((got.zs_ratio - got.ft_ratio) / (got.zs_ratio - 1))
+            if metric == "eval_loss":
+                p_start.append(sps.ttest_1samp(zs, 0.0).pvalue)
+                assert row(cells, conf, "linear", None, "step0_eval_loss")["p_ttest"] == pytest.approx(p_start[-1])
+    holm = stats.holm(p_start)  # the step-0 family: the two compared cells, nothing else
+    assert [row(cells, c, "linear", None, "step0_eval_loss")["p_holm"] for c in ("peak-0.5", "peak-1")] \
+        == [pytest.approx(p) for p in holm]
+    page = parse(out["report"])
+    assert any("Zero-shot and fine-tuned" in h for h in page.headings)
+    text = " ".join(page.text)
+    assert f"{table.zs_ratio.iloc[0]:.3f}x" in text and "recovered" in text

@@ -66,8 +66,10 @@ def client_env(cluster, s3_env) -> dict:
 
 
 def shrunken_quick(folder: Path, steps: int = 40) -> Path:
-    """sweeps/quick.yaml with the tiny test model and 2 peaks x 2 schedules x 1 seed + its comparator."""
+    """sweeps/quick.yaml with the tiny test model trained from scratch (no pretraining stage: it
+    needs local storage) and 2 peaks x 2 schedules x 1 seed + its comparator."""
     spec = yaml.safe_load((REPO / "sweeps" / "quick.yaml").read_text())
+    spec.pop("pretrain", None)
     spec["base"] = tiny_tree(train={"steps": steps, "eval_every": steps // 2, "log_every": steps // 2})
     spec["grid"]["configuration"] = {k: spec["grid"]["configuration"][k] for k in ("peak-0", "peak-1")}
     spec["grid"]["seeds"] = [1]

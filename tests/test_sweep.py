@@ -102,7 +102,7 @@ def test_consolidated_results_row_by_row(finished):
         mine = steps[steps.trial_id == tid]
         assert len(mine) == len(own) and (mine.run_trial_id == run).all()
         assert mine.loss.tolist() == own.loss.tolist()
-        assert len(layers[layers.trial_id == tid]) == 3 * 2  # 3 layers x 2 evaluations
+        assert len(layers[layers.trial_id == tid]) == 3 * 3  # 3 layers x 3 evaluations (steps 0, 6, 12)
     # one trial start per run, nothing retried
     assert set(attempts(sweep).values()) == {1}
 
@@ -145,7 +145,7 @@ def test_live_metrics_in_tune_tensorboard_and_mlflow(finished, monkeypatch):
         params = json.loads((tune_dir / run / "params.json").read_text())
         assert params["trial_id"] == run and params["model.n_layer"] == 3
         own = pd.read_parquet(sweep / "trials" / run / "steps.parquet")
-        evals = own[own.split == "eval"]
+        evals = own[(own.split == "eval") & (own.step > 0)]  # step 0's, before training, is not reported to Tune
         scalars = tensorboard_scalars(tune_dir / run)
         assert [s for s, _ in scalars["ray/tune/eval_loss"]] == evals.step.tolist() == [6, 12]
         assert [v for _, v in scalars["ray/tune/eval_loss"]] == pytest.approx(evals.loss.tolist(), rel=1e-6)
@@ -186,7 +186,7 @@ def test_wandb_offline_runs_hold_each_trials_config_and_eval_history(finished):
         assert r["config"]["locality.peak"] == (0.0 if r["name"].startswith("peak-0") else 1.0)
         evals = [(h["timesteps_total"], h["eval_loss"]) for h in r["history"] if "eval_loss" in h]
         own = pd.read_parquet(sweep / "trials" / r["name"] / "steps.parquet")
-        own = own[own.split == "eval"]
+        own = own[(own.split == "eval") & (own.step > 0)]
         assert [s for s, _ in evals] == own.step.tolist() == [6, 12]
         assert [v for _, v in evals] == pytest.approx(own.loss.tolist(), rel=1e-6)
 
@@ -199,10 +199,10 @@ def test_watch_table_and_partial_aggregate(finished, capsys):
 
     from orchestrator import layout
     from orchestrator.sweep import watch
-    from orchestrator.spec import expand
+    from orchestrator.spec import expand, load_saved
 
     sweep, _ = finished
-    rows = status.run_states(str(sweep), expand(layout.load_saved(str(sweep)), str(sweep)))
+    rows = status.run_states(str(sweep), expand(load_saved(str(sweep)), str(sweep)))
     running = rows[0] | {"run_id": "zz-running", "state": "running", "step": 7, "loss": 6.5,
                                        "eval_loss": 6.61, "eval_step": 6, "tokens_per_s": 4321.0, "eta_s": 65.0}
     pending = rows[0] | {"run_id": "aa-pending", "state": "pending", "step": 0, "eval_step": 0,

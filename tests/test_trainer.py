@@ -55,6 +55,34 @@ def test_outputs_have_the_documented_columns(trained):
     assert sums.min() > 0.999 - 1e-6  # each query's row (truncated to the sample) keeps its causal mass
 
 
+def test_step0_evaluates_the_starting_model_under_the_trials_locality(trained, tiny_config, tmp_path):
+    """Step 0 is the untouched model under the trial's locality: same seed, same weights, so base
+    and quintic differ only where quintic's lambda does (its last layer, not its first). Evaluating
+    it draws no random numbers: a trial without it trains to the same result."""
+    root, results = trained
+    for name in ("base1", "quintic1"):
+        row = pd.read_parquet(root / name / "trial.parquet").iloc[0]
+        steps = pd.read_parquet(root / name / "steps.parquet")
+        first = steps[(steps.split == "eval") & (steps.step == 0)]
+        assert len(first) == 1 and row.step0_eval_loss == first.loss.iloc[0]
+        assert row.step0_eval_ppl == pytest.approx(math.exp(row.step0_eval_loss))
+        assert row.step0_eval_loss > row.eval_loss  # training moved it
+        assert all(pd.notna(row[f"step0_{g}"]) for g in ("eval_loss_pos1", "eval_loss_pos2_4", "eval_loss_pos5p"))
+    start = {name: pd.read_parquet(root / name / "layers.parquet").query("step == 0").set_index("layer")
+             for name in ("base1", "quintic1")}
+    assert len(start["quintic1"]) == 3 and start["quintic1"].loc[2, "in_block_mass"] >= 0.99
+    assert start["base1"].loc[2, "in_block_mass"] < 0.9
+    assert start["quintic1"].loc[0, "in_block_mass"] == pytest.approx(start["base1"].loc[0, "in_block_mass"])
+    from localist.config_files import build
+    from tests.conftest import tiny_tree
+
+    plain = build({**tiny_tree(locality={"peak": 0.0}, train={"eval_at_start": False}), "seed": 1}, "test")
+    res = run_trial(plain, str(tmp_path), log=lambda *_: None)
+    assert res.eval_loss == results["base1"].eval_loss
+    assert pd.read_parquet(tmp_path / "steps.parquet").query("split == 'eval'").step.min() > 0
+    assert math.isnan(pd.read_parquet(tmp_path / "trial.parquet").iloc[0].step0_eval_loss)
+
+
 def test_seed_determinism(trained):
     _, r = trained
     assert r["base1"].eval_loss == r["base1b"].eval_loss
@@ -82,7 +110,7 @@ def test_resume_from_checkpoint_gives_the_same_result(tiny_config, tmp_path, mon
     assert (tmp_path / "faulty" / "checkpoint" / "trainer_state.json").exists()
     partial = pd.read_parquet(tmp_path / "faulty" / "steps.parquet")  # written at step 10's eval/checkpoint
     assert not (tmp_path / "faulty" / "trial.parquet").exists()
-    assert partial.step.max() == 10 and partial[partial.split == "eval"].step.tolist() == [10]
+    assert partial.step.max() == 10 and partial[partial.split == "eval"].step.tolist() == [0, 10]
     logs = []
     resumed = run_trial(cfg, str(tmp_path / "faulty"), log=logs.append)
     assert any("resumed from step 10" in line for line in logs)

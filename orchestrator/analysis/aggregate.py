@@ -40,7 +40,7 @@ from orchestrator.analysis.errors import AggregateError  # noqa: F401 (callers i
 from orchestrator.analysis.formatting import terminal_table
 from orchestrator.analysis.report_input import ReportInput, pick_attention_trials
 from orchestrator.analysis.search_note import report_note
-from orchestrator.analysis.tables import CURVE_METRICS, LAYER_QUANTITIES, METRICS, POSITION_METRICS
+from orchestrator.analysis.tables import CURVE_METRICS, LAYER_QUANTITIES, METRICS, POSITION_METRICS, ZERO_SHOT_METRICS
 
 CELL_COLUMNS = (
     "configuration", "schedule", "comparator", "metric", "peak", "is_baseline", "n_trials",
@@ -94,8 +94,10 @@ def _status_note(group: pd.DataFrame) -> str:
 
 
 def metrics_present(trials: pd.DataFrame) -> list[str]:
-    """eval_ppl, eval_loss, and the per-position losses that some trial recorded."""
-    return list(METRICS) + [m for m in POSITION_METRICS
+    """eval_ppl, eval_loss, and the per-position and step-0 (zero-shot) figures some trial recorded.
+    Each is its own Holm family: the step-0 ratios compare the starting model under each cell's
+    locality with the baseline's, seed by seed, as the fine-tuned ones do."""
+    return list(METRICS) + [m for m in POSITION_METRICS + ZERO_SHOT_METRICS
                             if m in trials and np.isfinite(trials[m].to_numpy(dtype=float)).any()]
 
 

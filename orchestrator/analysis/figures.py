@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from localist.outputs import POSITION_LABELS  # noqa: E402
+from localist.outputs import POSITION_LABELS, STEP0_PREFIX  # noqa: E402
 from orchestrator import layout  # noqa: E402
 from orchestrator.analysis.cells import KEYS, is_null, schedule_order  # noqa: E402
 from orchestrator.analysis.formatting import fmt  # noqa: E402
@@ -187,34 +187,51 @@ def fig_ratio_by_peak(data: ReportInput):
 
 def fig_positions(data: ReportInput):
     """Held-out perplexity ratio by the query token's position in its block: exp of the mean
-    paired loss difference to the baseline, with its 95% t CI, per schedule and comparator."""
-    rows = data.cell_stats[data.cell_stats["metric"].isin(POSITION_METRICS) & ~data.cell_stats["is_baseline"]]
+    paired loss difference to the baseline, with its 95% t CI, per schedule and comparator; hollow
+    markers left of each, joined to it, the same at step 0 (before fine-tuning) where recorded."""
+    stats_ = data.cell_stats[~data.cell_stats["is_baseline"].astype(bool)]
+    rows = stats_[stats_["metric"].isin(POSITION_METRICS)]
     if rows.empty or not np.isfinite(rows["mean_diff"].to_numpy(dtype=float)).any():
         return None
     metrics = [m for m in POSITION_METRICS if m in set(rows["metric"])]
+    start = stats_[stats_["metric"].isin([STEP0_PREFIX + m for m in metrics])]
     specs = [s for s in _line_specs(data.cells, data.baseline, data.focus) if s["key"][0] != data.baseline]
     base = data.cell_stats[data.cell_stats["metric"].isin(metrics) & data.cell_stats["is_baseline"]]
     base_loss = base.groupby("metric")["mean"].first()
     fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.8 / max(len(specs), 1)
     shown = [1.0]
+
+    def ratios(part: pd.DataFrame, names: list[str]):
+        part = part.set_index("metric").reindex(names)
+        return [np.exp(part[c].to_numpy(dtype=float)) for c in ("mean_diff", "diff_ci_low", "diff_ci_high")]
+
+    any_start = False
     for k, spec in enumerate(specs):
-        part = rows[_select(rows, spec["key"])].set_index("metric").reindex(metrics)
-        y = np.exp(part["mean_diff"].to_numpy(dtype=float))
-        lo, hi = np.exp(part["diff_ci_low"].to_numpy(dtype=float)), np.exp(part["diff_ci_high"].to_numpy(dtype=float))
+        y, lo, hi = ratios(rows[_select(rows, spec["key"])], metrics)
         if not np.isfinite(y).any():
             continue
         shown += [*y, *lo, *hi]
         x = np.arange(len(metrics)) + (k - (len(specs) - 1) / 2) * width
+        color = spec["style"]["color"]
+        y0, lo0, hi0 = ratios(start[_select(start, spec["key"])], [STEP0_PREFIX + m for m in metrics])
+        if np.isfinite(y0).any():
+            any_start = True
+            shown += [*y0, *lo0, *hi0]
+            x0 = x - width * 0.35
+            ax.errorbar(x0, y0, yerr=np.vstack([np.nan_to_num(y0 - lo0), np.nan_to_num(hi0 - y0)]), marker="o",
+                        mfc="white", ls="none", capsize=2, color=color, alpha=0.8)
+            for a, b, c, d in zip(x0, y0, x, y):
+                ax.plot([a, c], [b, d], color=color, lw=0.7, alpha=0.6)
         err = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
-        ax.errorbar(x, y, yerr=err, marker="o", ls="none", capsize=3, color=spec["style"]["color"],
-                    label=spec["label"])
+        ax.errorbar(x, y, yerr=err, marker="o", ls="none", capsize=3, color=color, label=spec["label"])
     _symmetric_ylim(ax, shown)
     ax.set_xticks(range(len(metrics)), [f"{POSITION_LABELS[m]}\n(baseline {fmt(base_loss.get(m, np.nan))} nats)"
                                         for m in metrics])
     ax.set_xlabel("position of the predicting token in its block")
     ax.set_ylabel("held-out perplexity ratio to baseline")
-    ax.set_title("where locality costs: loss by position in the block (exp of mean paired difference, 95% t CI)")
+    title = "where locality costs: loss by position in the block (exp of mean paired difference, 95% t CI)"
+    ax.set_title(title + ("\nhollow: step 0, before fine-tuning; filled: after" if any_start else ""))
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig

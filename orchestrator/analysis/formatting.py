@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
+from localist.outputs import POSITION_LABELS, STEP0_PREFIX
 from orchestrator.analysis.cells import KEYS, label
 
 
@@ -33,6 +34,32 @@ def headline_rows(cells: pd.DataFrame, metric: str = "eval_ppl") -> pd.DataFrame
         rows = rows.drop(index=base.index[1:])
         rows.loc[keep, "label"] = f"{base['configuration'].iloc[0]} (all schedules)"
     return rows.reset_index(drop=True)
+
+
+RECOVERY_GROUPS = {"eval_loss": "all tokens", **POSITION_LABELS}  # loss metric -> how the tables name it
+
+
+def recovery_rows(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per compared cell and position group, locality's cost before and after fine-tuning: the
+    perplexity ratio to the baseline of the same seed at step 0 (``zs_*``) and at the end
+    (``ft_*``), as exp of the mean paired loss difference with its 95% t CI and Holm p, and
+    ``recovered``: the share of the step-0 excess that fine-tuning removed (only where the step-0
+    ratio is at least 1.005, since a share of nothing means nothing). Empty without step-0 figures."""
+    rows = []
+    comp = cells[~cells["is_baseline"].astype(bool)]
+    for metric, group in RECOVERY_GROUPS.items():
+        ft = comp[comp["metric"] == metric].set_index(list(KEYS))
+        zs = comp[comp["metric"] == STEP0_PREFIX + metric].set_index(list(KEYS))
+        for key in zs.index.intersection(ft.index):
+            row = {"label": label(*key), "group": group}
+            for tag, r in (("zs", zs.loc[key]), ("ft", ft.loc[key])):
+                for name, col in (("ratio", "mean_diff"), ("low", "diff_ci_low"), ("high", "diff_ci_high")):
+                    row[f"{tag}_{name}"] = float(np.exp(r[col]))
+                row[f"{tag}_p"], row[f"{tag}_n"] = float(r["p_holm"]), r["n_paired"]
+            excess = row["zs_ratio"] - 1.0
+            row["recovered"] = (row["zs_ratio"] - row["ft_ratio"]) / excess if excess >= 0.005 else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 WIDTH = 120  # the terminal table's lines, footnotes included, fit this many columns

@@ -5,7 +5,7 @@ Everything is read from what the sweep left behind (``sweep.yaml`` and the conso
 and parameter count, corpus and tokens, steps, batch, data-parallel workers and global batch,
 sequence length, seeds, how many trials ran,
 were deduplicated or excluded, the package versions and devices of the trials, and their wall
-time. The git commit is that of the code doing the aggregation (its source folder, else the
+time, and the pretrained base they fine-tuned (``pretrain.json``). The git commit is that of the code doing the aggregation (its source folder, else the
 working directory), taken when git and a repository are there, else left empty.
 
 The record is written with its scale gap to GPT-2 small (``orchestrator.analysis.paper.scale_gap``).
@@ -62,6 +62,15 @@ def _spec(sweep_uri: str) -> dict:
         return {}
 
 
+def _pretrain(sweep_uri: str) -> dict | None:
+    """The pretrained base the trials fine-tuned (the sweep's pretrain.json), or None."""
+    uri = layout.pretrain_file(sweep_uri)
+    try:
+        return json.loads(lio.read_text(uri)) if lio.exists(uri) else None
+    except (OSError, ValueError):
+        return None
+
+
 def collect(sweep_uri: str, trials: pd.DataFrame, n_excluded: int) -> dict:
     """The provenance record of a sweep; ``trials`` is results/trials.parquet (any columns)."""
     spec = _spec(sweep_uri)
@@ -85,6 +94,7 @@ def collect(sweep_uri: str, trials: pd.DataFrame, n_excluded: int) -> dict:
                   "grad_accum": _values(runs, "train.grad_accum"), "workers": _values(runs, "train.workers"),
                   "global_batch": _values(runs, "global_batch"),  # sequences per step, over all workers
                   "tokens_per_trial": _plain(tokens.max()) if tokens.notna().any() else None},
+        "pretrain": _pretrain(sweep_uri),
         "seeds": [int(s) for s in sorted(pd.to_numeric(trials["seed"], errors="coerce").dropna().unique())],
         "trials": {"rows": int(len(trials)), "runs": int(len(runs)), "deduplicated": int(dedup.sum()),
                    "excluded": int(n_excluded)},

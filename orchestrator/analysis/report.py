@@ -25,7 +25,7 @@ from localist import io as lio
 from orchestrator import layout
 from orchestrator.analysis import figures
 from orchestrator.analysis.cells import is_null, label
-from orchestrator.analysis.formatting import fmt, fmt_p, headline_rows
+from orchestrator.analysis.formatting import fmt, fmt_p, headline_rows, recovery_rows
 from orchestrator.analysis.paper import CITATION, PAPER_V1, QUINTIC, UNIFORM_STRICT
 from orchestrator.analysis.report_input import ReportInput
 from orchestrator.analysis.stats import MIN_SEEDS_FOR_RANKS
@@ -162,6 +162,7 @@ def _provenance_section(data: ReportInput) -> str:
         ("training", parts(("{} steps", t["steps"]), ("batch {}", t["batch_size"]),
                            ("{} accumulation", t["grad_accum"]), ("{} workers", t.get("workers")),
                            ("global batch {} sequences", t.get("global_batch")), ("seq_len {}", d["seq_len"]))),
+        *([("pretrained base", _pretrain_line(p["pretrain"]))] if p.get("pretrain") else []),
         ("seeds", _join(p["seeds"])),
         ("trials", f"{n['rows']} cell x seed rows run as {n['runs']} trials ({n['deduplicated']} deduplicated "
                    f"onto a shared run); {n['excluded']} excluded"),
@@ -173,6 +174,18 @@ def _provenance_section(data: ReportInput) -> str:
     ]
     body = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
     return f'<dl class="prov">{body}</dl><p class="muted">Also {layout.provenance_file(_SWEEP)}.</p>'
+
+
+def _pretrain_line(rec: dict) -> str:
+    """The base every trial fine-tuned: its key, shape, corpus, steps and held-out loss per seed."""
+    c = rec.get("config") or {}
+    m, d, t = c.get("model", {}), c.get("data", {}), c.get("train", {})
+    bases = "; ".join(f"seed {b['seed']}: {b['steps']} steps, eval loss {fmt(b['eval_loss'], 3)} "
+                      f"(ppl {fmt(b['eval_ppl'])})" for b in rec.get("bases", []))
+    return (f"{rec.get('key')}: {m.get('n_layer')} layers x {m.get('n_embd')} hidden, pretrained without locality on "
+            f"{d.get('corpus')} (seq_len {d.get('seq_len')}, vocabulary {d.get('vocab_size')}, batch "
+            f"{t.get('batch_size')}, lr {t.get('lr')}); {bases}; in {rec.get('folder')}"
+            + (" (reused)" if rec.get("reused") else ""))
 
 
 def _excluded_section(data: ReportInput) -> str:
@@ -205,6 +218,38 @@ def _all_cells_table(data: ReportInput) -> str:
                                                        fmt(v, 0 if c == "seeds_2pct" else 4)))
         rows.append(vals + [r["note"]])
     return _table(["cell", "metric", *cols, "note"], rows, left=2, note=True)
+
+
+def _one_base(rows: pd.DataFrame) -> bool:
+    """Every step-0 ratio exactly the same over its seeds (zero-width interval from 2 seeds on)."""
+    many = rows[rows["zs_n"].fillna(0).astype(int) >= 2]
+    return bool(len(many)) and bool(np.isclose(many["zs_low"], many["zs_high"], rtol=0, atol=1e-12).all())
+
+
+def _recovery_section(data: ReportInput) -> str:
+    """Zero-shot against fine-tuned cost of each cell's locality, by position in the block."""
+    rows = recovery_rows(data.cell_stats)
+    if rows.empty:
+        return (f'<p class="nodata">No step-0 evaluations in {_TRIALS_FILE} (train.eval_at_start off, or '
+                "trials from before they were recorded).</p>")
+    body = [[r.label, r.group, f"{fmt(r.zs_ratio, 3)}x", _ci(r.zs_low, r.zs_high, 3), fmt_p(r.zs_p),
+             f"{fmt(r.ft_ratio, 3)}x", _ci(r.ft_low, r.ft_high, 3), fmt_p(r.ft_p),
+             "-" if not np.isfinite(r.recovered) else f"{100 * r.recovered:.0f}%"]
+            for r in rows.itertuples(index=False)]
+    table = _table(["cell", "tokens", "step 0 ratio", "95% CI", "p Holm", "fine-tuned ratio", "95% CI",
+                    "p Holm", "recovered"], body, left=2)
+    note = ('<p class="muted">Perplexity ratio to the baseline of the same seed = exp of the mean paired '
+            "held-out loss difference, with its 95% t CI and the paired t-test's p, Holm-adjusted over the "
+            "cells of each row kind. Step 0 is the starting model (the pretrained base) under the cell's "
+            "locality before any update; the baseline's step 0 is the same base without locality. "
+            "Recovered: the share of the step-0 excess that fine-tuning removed (shown from a 1.005x "
+            "step-0 ratio; negative: fine-tuning widened the gap)."
+            + (" Step 0 is the same at every seed here (the seeds share one base, and evaluation draws no "
+               "random numbers), so its ratio has no spread and no test: pretrain one base per seed "
+               "(pretrain.per_seed) for that." if _one_base(rows) else "") + "</p>")
+    if len(rows) > 48:
+        return f"<details><summary>{len(rows)} rows</summary>{table}</details>{note}"
+    return table + note
 
 
 def _paper_section(data: ReportInput) -> str:
@@ -256,9 +301,11 @@ def render(data: ReportInput) -> tuple[str, dict[str, bytes]]:
         _figure_html(figures.POSITIONS, pngs,
                      "Perplexity ratio to the baseline of the same seed for tokens predicted at the first "
                      "position of their block, positions 2-4 and 5+ (window partitioner: by the number of "
-                     "earlier keys in the band); exp of the mean paired loss difference with its 95% t CI. "
+                     "earlier keys in the band); exp of the mean paired loss difference with its 95% t CI; hollow "
+                     "markers: the same at step 0, before fine-tuning (where recorded). "
                      "At small scale the mean hides the cost of locality, which sits at block starts.",
                      f"no per-position eval losses in {_TRIALS_FILE} (trials from before they were recorded)"),
+        "<h2>Zero-shot and fine-tuned: what fine-tuning recovers</h2>", _recovery_section(data),
         f"<h2>Per-layer attention ({html.escape(str(data.focus))} against the baseline)</h2>",
         _figure_html(figures.LAYERS, pngs,
                      "Lambda, attention entropy and in-block mass against depth at each trial's last "

@@ -15,17 +15,20 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from localist import io as lio
+from localist.outputs import STEP0_PREFIX
 from orchestrator import layout
 from orchestrator.analysis.cells import KEYS, PEAK
 from orchestrator.analysis.errors import AggregateError
 
 METRICS = ("eval_ppl", "eval_loss")  # a trial is usable only with both finite
 POSITION_METRICS = ("eval_loss_pos1", "eval_loss_pos2_4", "eval_loss_pos5p")  # optional, by block position
+# optional: the same at step 0, before any update (the starting model under the trial's locality)
+ZERO_SHOT_METRICS = tuple(STEP0_PREFIX + m for m in ("eval_ppl", "eval_loss", *POSITION_METRICS))
 LAYER_QUANTITIES = ("lambda", "entropy_bits", "entropy_norm", "in_block_mass")
 CURVE_METRICS = ("loss", "ppl")
 TRIAL_REQUIRED = ("trial_id", "configuration", "schedule", "comparator", "seed", "status",
                   "eval_loss", "eval_ppl")
-TRIAL_OPTIONAL = ("run_trial_id", "error", "locality.peak") + POSITION_METRICS
+TRIAL_OPTIONAL = ("run_trial_id", "error", "locality.peak") + POSITION_METRICS + ZERO_SHOT_METRICS
 RUN_IDS = ("trial_id", "run_trial_id")
 
 
@@ -88,7 +91,7 @@ def load_trials(sweep_uri: str) -> pd.DataFrame:
     if "error" not in df:
         df["error"] = None
     df[PEAK] = pd.to_numeric(df[PEAK], errors="coerce") if PEAK in df else np.nan
-    for m in METRICS + tuple(p for p in POSITION_METRICS if p in df):
+    for m in METRICS + tuple(p for p in POSITION_METRICS + ZERO_SHOT_METRICS if p in df):
         df[m] = pd.to_numeric(df[m], errors="coerce").astype(float)
         df.loc[~np.isfinite(df[m]), m] = np.nan
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")

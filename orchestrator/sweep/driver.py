@@ -1,4 +1,5 @@
-"""The sweep driver: validate, prepare data once, run every trial on Ray Tune, collect, aggregate.
+"""The sweep driver: validate, pretrain a base (`pretrain:`), prepare data once, run every trial on
+Ray Tune, collect, aggregate.
 
 `run` on a sweep whose storage already holds the same spec continues it (finished trials are
 skipped), so a crashed driver is recovered by running the same command again or `resume`.
@@ -19,10 +20,10 @@ from localist.config import ConfigError
 from localist.data import prepare
 from localist.errors import UserError
 from orchestrator import layout
-from orchestrator.sweep import console, preempt, ray_start, status, tracking, train_workers, tuners
+from orchestrator.sweep import console, preempt, pretrain, ray_start, status, tracking, train_workers, tuners
 from orchestrator.sweep.collect import collect
 from orchestrator.sweep.lock import SweepLock
-from orchestrator.spec import SweepSpec, Trial, check_files, expand, runs
+from orchestrator.spec import SweepSpec, Trial, check_files, expand, load_saved, runs
 
 
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
@@ -187,7 +188,6 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
             tuned = tune_spec(spec, trials, slots, log)
             if new:  # only once nothing refused it: fixing the file and running again must just work
                 io.write_text(spec_f, text)
-            _prepare_data(trials, log)
 
             def fit(tuner, ticked: list[Trial] | None = None):
                 ticker = None
@@ -209,6 +209,8 @@ def run(spec: SweepSpec, source: str, address: str | None = None, log: Callable[
                     raise _Interrupted(unfinished)
                 return grid
 
+            pretrain.ensure(spec, source, sweep_uri, log, fit, lambda ts: _prepare_data(ts, log), drain)
+            _prepare_data(trials, log)  # (a pretrained base's tokenizer exists only now)
             t0 = time.time()
             if spec.search:
                 from orchestrator.sweep import search_run
@@ -272,6 +274,6 @@ def resume(sweep_uri: str, address: str | None = None, log=print, aggregate: boo
     """Continue the sweep stored at sweep_uri, wherever that folder now is and whatever its name."""
     if "://" not in sweep_uri:
         sweep_uri = os.path.abspath(os.path.expanduser(sweep_uri))
-    spec = layout.load_saved(sweep_uri)
+    spec = load_saved(sweep_uri)
     return run(spec, layout.spec_file(sweep_uri), address=address, log=log, aggregate=aggregate,
                sweep_uri=sweep_uri, verbose=verbose, trial_lines=trial_lines, grace_s=grace_s)

@@ -20,7 +20,8 @@ import pandas as pd
 from localist.attention import describe_paths, layer_paths
 from localist.compute import flex_decision
 from localist.schedules import layer_lambdas
-from orchestrator.spec import SweepSpec, Trial, runs
+from localist import io
+from orchestrator.spec import SweepSpec, Trial, pretrain_stage, runs
 from orchestrator.sweep.train_workers import per_trial_line
 
 
@@ -99,7 +100,7 @@ def attention_paths(cfg, lambdas: list[float] | None, device: str) -> str:
 def _result_bytes(cfg) -> int:
     """Parquet of one run: summary and attention sample (~40 kB) + step and layer rows."""
     t = cfg.train
-    evals = math.ceil(t.steps / t.eval_every)
+    evals = math.ceil(t.steps / t.eval_every) + int(t.eval_at_start)
     n_layer = (_shape(cfg) or (12,))[0]
     return 40_000 + 64 * (t.steps // t.log_every + evals + n_layer * evals)
 
@@ -193,11 +194,33 @@ def batch_lines(trials: list[Trial]) -> list[str]:
             f"{w} worker{'s' * (w > 1)})" for (b, a, w, seq), g in sorted(seen.items())]
 
 
+def _with_base_shape(spec: SweepSpec, cfg):
+    """A fine-tuning trial's config with the shape of its pretrained base (a dry run loads no model)."""
+    stage = pretrain_stage(spec)
+    if stage is None or cfg.model.name == "tiny":
+        return cfg
+    return cfg.model_copy(update={"model": stage.config.model,
+                                  "data": cfg.data.model_copy(update={"vocab_size": stage.config.data.vocab_size})})
+
+
+def pretrain_lines(spec: SweepSpec) -> list[str]:
+    """What the pretraining stage will do: reuse its base, or train it first (and what that costs)."""
+    stage = pretrain_stage(spec)
+    if stage is None:
+        return []
+    c = stage.config
+    ready = all(io.exists(io.join(stage.base(s), "config.json")) for s in stage.seeds)
+    what = (f"already trained in {stage.spec.uri}: reused" if ready
+            else f"trained first, into {stage.spec.uri}")
+    return [f"pretrain: base {stage.key} ({len(stage.seeds)} run{'s' * (len(stage.seeds) > 1)} of {c.train.steps:,} "
+            f"steps, {count(_tokens(c), 'tokens')} each, on {c.data.corpus}, no locality): {what}"]
+
+
 def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = None, slots: int | None = None) -> str:
     rows = []
     device = "cuda" if spec.resources.gpu else "cpu"
     for t in trials:
-        c = t.config
+        c = _with_base_shape(spec, t.config)
         loc = c.locality
         n_layer = (_shape(c) or (None,))[0]
         lambdas = layer_lambdas(loc, n_layer) if n_layer else None
@@ -217,7 +240,7 @@ def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = No
         cells["runs_as"] = cells["runs_as"].str.replace(r"__s\d+$", "", regex=True)  # searched by that cell
         return "\n".join([f"sweep {spec.name!r} -> {spec.uri}", cells.to_string(index=False), "", *describe(spec),
                           f"resources: {resources_line(spec, trials)}"])
-    unique = runs(trials)
+    unique = {k: _with_base_shape(spec, v) for k, v in runs(trials).items()}
     source = "--tokens-per-s"
     if not tokens_per_s:
         found = recorded_tokens_per_s(next(iter(unique.values())))
@@ -234,5 +257,6 @@ def render(spec: SweepSpec, trials: list[Trial], tokens_per_s: float | None = No
         f"resources: {resources_line(spec, trials)}; max concurrent: {spec.max_concurrent or concurrency_default(trials)};"
         f" retries: {spec.retries}",
         *batch_lines(trials),
+        *pretrain_lines(spec),
     ]
     return "\n".join(lines + compute_lines(spec, unique, tokens_per_s, slots or spec.max_concurrent, source))

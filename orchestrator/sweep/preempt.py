@@ -24,6 +24,7 @@ import time
 from localist import io
 from localist.errors import UserError
 from orchestrator import layout
+from orchestrator.spec import load_saved
 
 GRACE_S = 60.0  # default: how long the driver waits for running trials to checkpoint
 POLL_S = 2.0  # how often trials and the driver look for a request on storage
@@ -58,7 +59,7 @@ def stop(sweep_uri: str) -> str:
     """`localist sweep stop`: ask the sweep's running driver to stop; what to tell the user."""
     from orchestrator.sweep.lock import SweepLock
 
-    layout.load_saved(sweep_uri)  # not a sweep: ConfigError (exit 2) saying so
+    load_saved(sweep_uri)  # not a sweep: ConfigError (exit 2) saying so
     alive, who = SweepLock(sweep_uri).holder()
     if not alive:
         raise NoDriver(f"no driver is running the sweep at {sweep_uri} ({who}): nothing to stop. "
@@ -120,6 +121,12 @@ class Drain:
         self._stopped = False
         self._saved: dict[int, object] = {}
         self._next_look = 0.0
+        self.relays: list[str] = []  # other folders whose trials this driver runs (a pretraining stage's)
+
+    def relay(self, uri: str) -> None:
+        """Trials of another folder (their watchers look there) run under this driver: a stop reaches them too."""
+        clear(uri)
+        self.relays.append(uri)
 
     def install(self) -> None:
         clear(self.uri)  # a request no driver took (its driver ended first) is not for this one
@@ -130,10 +137,11 @@ class Drain:
     def uninstall(self) -> None:
         for s, h in self._saved.items():
             signal.signal(s, h)
-        try:
-            clear(self.uri)
-        except OSError:
-            pass
+        for uri in (self.uri, *self.relays):
+            try:
+                clear(uri)
+            except OSError:
+                pass
 
     def _handlers(self) -> None:
         if self._saved:
@@ -173,6 +181,8 @@ class Drain:
             if found is None:
                 return
             self.by = found.get("by", "a stop request")
+        for uri in self.relays:
+            request(uri, self.by)
         self.since = time.time()
         self.log(f"[sweep] stop requested ({self.by}): every running trial saves a checkpoint at its next step; "
                  f"waiting up to {self.grace_s:g} s (a second signal stops at once)")

@@ -12,7 +12,7 @@ import time
 
 from localist import io, trial_files
 from orchestrator import layout
-from orchestrator.spec import Trial
+from orchestrator.spec import Trial, load_saved
 
 STATUS_COLUMNS = ["status", "final_step", "eval_loss", "eval_ppl", "tokens_per_s", "wall_s", "node_id", "error"]
 STATES = ("completed", "diverged", "stopped", "errored", "running", "retrying", "pending")
@@ -205,7 +205,7 @@ def collect_unfinished(sweep_uri: str) -> str | None:
 
     if not io.exists(layout.spec_file(sweep_uri)):
         return None
-    spec = layout.load_saved(sweep_uri)
+    spec = load_saved(sweep_uri)
     trials = trials_of(spec, sweep_uri, sweep_uri)
     if not trials:  # a search that has not chosen what to confirm yet: nothing to summarise
         return None

@@ -151,7 +151,8 @@ def run(trial_id: str, cfg: TrialConfig, sweep_uri: str, cpus: float, search: bo
                     trial_files.write_attempt(out, attempt, record)
 
     def last_eval(tr: Trainer) -> float:
-        return next((r["loss"] for r in reversed(tr.step_rows) if r["split"] == "eval"), math.nan)
+        # not step 0's (the starting model's): a searcher acts on what training has reached
+        return next((r["loss"] for r in reversed(tr.step_rows) if r["split"] == "eval" and r["step"] > 0), math.nan)
 
     def on_checkpoint(tr: Trainer) -> None:
         values = dict(tr.metrics)

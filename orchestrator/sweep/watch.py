@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import layout
+from orchestrator.spec import load_saved
 from orchestrator.sweep import status
 
 FINAL = ("completed", "diverged", "stopped", "errored")
@@ -65,7 +65,7 @@ def finished(rows: list[dict]) -> bool:
 
 def watch(sweep_uri: str, every: float = 2.0, once: bool = False, console: Console | None = None) -> int:
     """Refresh the table every `every` seconds until every run is final, or Ctrl-C."""
-    spec = layout.load_saved(sweep_uri)
+    spec = load_saved(sweep_uri)
     console = console or Console(width=None if sys.stdout.isatty() else 160)  # piped: don't cut at 80
 
     def frame() -> tuple[Group, bool]:
