@@ -201,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="localist", description="Progressive-localisation sweeps of localist GPT-2 on Ray.",
-        **_examples("localist sweep run sweeps/quick.yaml          # the default CPU sweep (about 6 min)",
+        **_examples("localist sweep run sweeps/quick.yaml          # the default CPU sweep (about 5 min)",
                     "localist train --out runs/one                 # one tiny trial, no Ray",
                     "localist COMMAND --help                       # options and examples of a command"))
     p.add_argument("--version", action="version", version=_version())

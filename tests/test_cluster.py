@@ -564,7 +564,7 @@ def test_one_and_two_worker_trials_of_one_sweep_on_both_nodes(cluster, tmp_path)
     # the loss curve, eval losses (also by position in block) and per-layer statistics of 1 and 2 workers
     one, two = (rows(steps_df, c, ["step", "split", "loss", "lr", "tokens_seen"]).to_numpy() for c in
                 ("one-worker", "two-workers"))
-    assert one.shape == two.shape == (steps // 2 + 2, 5)
+    assert one.shape == two.shape == (steps // 2 + 3, 5)  # train rows every 2 steps, evals at 0, 6 and 12
     assert (one[:, :2] == two[:, :2]).all() and abs(one[:, 2:].astype(float) - two[:, 2:].astype(float)).max() < 1e-5
     stat = ["entropy_bits", "entropy_norm", "in_block_mass"]
     assert abs(rows(layers, "one-worker", stat).to_numpy() - rows(layers, "two-workers", stat).to_numpy()).max() < 1e-5
@@ -578,5 +578,5 @@ def test_one_and_two_worker_trials_of_one_sweep_on_both_nodes(cluster, tmp_path)
     assert "resumed from step 6" in out
     assert abs(trials.loc["two-workers-killed", pos] - trials.loc["two-workers", pos]).max() < 1e-6
     assert abs(rows(layers, "two-workers-killed", stat).to_numpy() - rows(layers, "two-workers", stat).to_numpy()).max() < 1e-6
-    assert list(rows(steps_df, "two-workers-killed", ["step"]).step.unique()) == [3, 6, 9, 12]
+    assert list(rows(steps_df, "two-workers-killed", ["step"]).step.unique()) == [0, 3, 6, 9, 12]
     assert not list((tmp_path / "store" / "dp" / "tune").rglob("train"))  # completed: no Train checkpoints left

@@ -75,6 +75,19 @@ def test_a_signal_stops_tune_once_every_running_trial_saved_its_stop_checkpoint(
     assert not (tmp_path / "stop.json").exists()
 
 
+def test_a_stop_reaches_the_trials_of_a_pretraining_stage_too(drain, tmp_path):
+    """The stage's trials watch its own folder (pretrain.ensure relays it): the request is written
+    there as well, and removed from there when the driver ends."""
+    d, _, _ = drain
+    stage = tmp_path / "pretrained" / "abc"
+    d.relay(str(stage))
+    preempt.request(str(tmp_path), "localist sweep stop (test)")
+    d.callback().on_step_end(iteration=1, trials=[trial("pretrain__s0")])
+    assert preempt.Watcher(str(stage))() and preempt.requested(str(stage))["by"] == "localist sweep stop (test)"
+    d.uninstall()
+    assert not (stage / "stop.json").exists() and not (tmp_path / "stop.json").exists()
+
+
 def test_the_grace_bounds_the_wait_and_a_second_signal_stops_at_once(drain, tmp_path):
     d, said, tune_stops = drain
     d.grace_s = 0
