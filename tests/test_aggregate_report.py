@@ -545,7 +545,8 @@ def test_zero_shot_and_fine_tuned_costs_are_paired_per_seed(tmp_path):
             rows.append(r)
     root = str(tmp_path / "sweep")
     write_trials(root, rows, pa.schema([*TRIAL_SCHEMA, *(pa.field(c, pa.float64()) for c in extra)]))
-    out = aggregate(root, baseline="peak-0", echo=quiet)
+    said = []
+    out = aggregate(root, baseline="peak-0", echo=said.append)
     cells = pd.read_parquet(os.path.join(root, "summary", "cells.parquet"))
     by = {(r["configuration"], r["seed"]): r for r in rows}
     table = recovery_rows(cells)
@@ -567,6 +568,12 @@ def test_zero_shot_and_fine_tuned_costs_are_paired_per_seed(tmp_path):
     holm = stats.holm(p_start)  # the step-0 family: the two compared cells, nothing else
     assert [row(cells, c, "linear", None, "step0_eval_loss")["p_holm"] for c in ("peak-0.5", "peak-1")] \
         == [pytest.approx(p) for p in holm]
+    first = table[(table.group == "first token of its block") & (table.label == "peak-1/linear")].iloc[0]
+    shown = "\n".join(said)  # the console: the first-token lines under the headline
+    assert "first token of its block: perplexity ratio to the baseline before any update" in shown
+    assert re.search(rf"peak-1/linear +{first.zs_ratio:.3f}x +\S+ +{first.ft_ratio:.3f}x", shown), shown
+    headline = next(x for x in said if "first token of its block" in x)
+    assert max(len(line) for line in headline.splitlines()) <= 120
     page = parse(out["report"])
     assert any("Zero-shot and fine-tuned" in h for h in page.headings)
     text = " ".join(page.text)

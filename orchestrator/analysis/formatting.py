@@ -78,17 +78,38 @@ def terminal_table(cells: pd.DataFrame, baseline: str, excluded: pd.DataFrame) -
         mark = f"[{notes.setdefault(note, len(notes) + 1)}]" if note else ""
         table.append((r.label, str(r.n_seeds), fmt(r.mean), f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]",
                       ratio, ratio_ci, fmt_p(r.p_holm), fmt(r.d_z), mark))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = [f"eval_ppl against baseline {baseline!r} (same seed; p: paired t-test, Holm)"]
-    for j, row in enumerate(table):
-        cols = (v.ljust(w) if i in (0, len(row) - 1) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
-        lines.append("  ".join(cols).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = [f"eval_ppl against baseline {baseline!r} (same seed; p: paired t-test, Holm)", *_aligned(table)]
     for note, n in notes.items():
         lines += textwrap.wrap(note, WIDTH, initial_indent=f"[{n}] ", subsequent_indent=" " * (len(str(n)) + 3))
     if len(excluded):
         counts = excluded["reason"].value_counts().sort_index()
         lines += textwrap.wrap(f"excluded {len(excluded)} trial(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()),
                                WIDTH, subsequent_indent="    ")
-    return "\n".join(lines)
+    return "\n".join(lines + _first_token_lines(cells))
+
+
+def _aligned(table: list[tuple[str, ...]]) -> list[str]:
+    """Rows of strings as columns: the first and last left-aligned, the rest right; a rule under the header."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for j, row in enumerate(table):
+        cols = (v.ljust(w) if i in (0, len(row) - 1) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+        lines.append("  ".join(cols).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def _first_token_lines(cells: pd.DataFrame) -> list[str]:
+    """Where locality costs, before and after fine-tuning: the first token of a block (the report has
+    every position); nothing without step-0 figures."""
+    rows = recovery_rows(cells)
+    rows = rows[rows["group"] == RECOVERY_GROUPS["eval_loss_pos1"]] if len(rows) else rows
+    if rows.empty:
+        return []
+    table = [("cell", "step 0", "p_holm", "fine-tuned", "p_holm", "recovered")]
+    for r in rows.itertuples(index=False):
+        table.append((r.label, f"{fmt(r.zs_ratio, 3)}x", fmt_p(r.zs_p), f"{fmt(r.ft_ratio, 3)}x", fmt_p(r.ft_p),
+                      "-" if not np.isfinite(r.recovered) else f"{100 * r.recovered:.0f}%"))
+    return ["", "first token of its block: perplexity ratio to the baseline before any update (step 0) and "
+                "after fine-tuning", *_aligned(table)]
