@@ -151,7 +151,7 @@ class Trainer:
         self.attention_rows: list[dict] = []
         self.metrics: dict = {}  # what the latest step logged or evaluated (see fit)
         self.eval_positions = dict.fromkeys(outputs.POSITION_GROUPS, math.nan)  # set by evaluate
-        self.step0: dict = dict.fromkeys(outputs.STEP0_COLUMNS)  # the evaluation before any update (evaluate_start)
+        self.step0 = dict.fromkeys(outputs.STEP0_COLUMNS, math.nan)  # the evaluation before any update (evaluate_start)
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read
         self._ahead = None  # the next micro-batch, already on its way to the device
         self._warm: tuple[int, float, int] | None = None  # tokens, train time, dynamo frames after step 1
@@ -579,7 +579,7 @@ class Trainer:
             "global_batch": self.cfg.train.global_batch,
             **{k: v if status == "completed" else math.nan
                for k, v in self.eval_positions.items()},
-            **{k: math.nan if v is None else v for k, v in self.step0.items()},
+            **self.step0,
             **self.speed_figures(), **self.timings, **self.extra,
         }
         if not self.is_main:  # the main worker writes the trial's files

@@ -127,11 +127,15 @@ class SweepSpec(BaseModel):
         return list(self.grid["seeds"])
 
     @property
+    def storage_uri(self) -> str:
+        """The storage; a relative local path is made absolute here, because Ray workers do not
+        share the driver's working directory."""
+        return self.storage if "://" in self.storage else os.path.abspath(os.path.expanduser(self.storage))
+
+    @property
     def uri(self) -> str:
-        """Where the sweep lives; a relative local path is made absolute here, because Ray
-        workers do not share the driver's working directory."""
-        storage = self.storage if "://" in self.storage else os.path.abspath(os.path.expanduser(self.storage))
-        return io.join(storage, self.name)
+        """Where the sweep lives: <storage>/<name>."""
+        return io.join(self.storage_uri, self.name)
 
 
 @dataclass
@@ -305,10 +309,10 @@ def sweep_keys(spec: SweepSpec, tree: dict[str, Any], source: str = "<sweep>", b
     train.setdefault("workers", spec.resources.workers)
     stage = pretrain_stage(spec, source) if base else None
     if stage:  # its shape too, so the trial's recorded config says what it trained
-        base = stage.config.model
+        shape = stage.config.model
         model = tree.setdefault("model", {})
-        model.update(name=stage.base(tree.get("seed", spec.seeds[0])), n_layer=base.n_layer, n_embd=base.n_embd,
-                     n_head=base.n_head)
+        model.update(name=stage.base(tree.get("seed", spec.seeds[0])), n_layer=shape.n_layer, n_embd=shape.n_embd,
+                     n_head=shape.n_head)
         tree.setdefault("data", {})["vocab_size"] = stage.config.data.vocab_size
     return tree
 
@@ -331,7 +335,6 @@ class PretrainStage:
     spec: SweepSpec  # the stage as a sweep (its uri: the folder above)
     seeds: list[int]
     config: TrialConfig  # at the first seed
-    seq_len: int
 
     def base(self, seed: int) -> str:
         """The saved base (a Hugging Face folder) a grid trial at this seed fine-tunes."""
@@ -359,12 +362,11 @@ def pretrain_stage(spec: SweepSpec, source: str = "<sweep>") -> PretrainStage | 
         raise ConfigError(f"{e} (the pretrain: section)") from None
     hashed = {k: v for k, v in cfg.flat().items() if k not in PRETRAIN_UNHASHED}
     key = hashlib.sha256(json.dumps({"config": hashed, "seeds": seeds}, sort_keys=True).encode()).hexdigest()[:12]
-    storage = spec.storage if "://" in spec.storage else os.path.abspath(os.path.expanduser(spec.storage))
     stage = SweepSpec(name=key, description=f"pretraining of the base of {spec.name}", base=tree,
                       grid={"seeds": seeds}, comparators={PRETRAIN_ID: {}}, resources=spec.resources,
                       retries=spec.retries, checkpoint_every=spec.checkpoint_every, save_model=True,
-                      storage=layout.pretrained_storage(storage))
-    spec._stage = PretrainStage(key, stage, seeds, cfg, cfg.data.seq_len)
+                      storage=layout.pretrained_storage(spec.storage_uri))
+    spec._stage = PretrainStage(key, stage, seeds, cfg)
     return spec._stage
 
 
@@ -401,9 +403,10 @@ def make_trial(spec: SweepSpec, cell: Cell, seed: int, source: str, tree: dict[s
         cfg = build(tree, source, prefix="")
     except ConfigError as e:
         raise ConfigError(f"{e} (in the trial made from {cell.where}, seed {seed})") from None
-    if stage and cfg.data.seq_len > stage.seq_len:
+    context = stage.config.data.seq_len if stage else None
+    if context and cfg.data.seq_len > context:
         raise _err(source, f"{cell.where}: data.seq_len", f"{cfg.data.seq_len} exceeds the pretrained base's "
-                   f"context (pretrain.data.seq_len: {stage.seq_len}); set base.data.seq_len to at most that")
+                   f"context (pretrain.data.seq_len: {context}); set base.data.seq_len to at most that")
     check_workers(spec, cfg, source, cell.where)
     return Trial(trial_id or f"{cell.name}__s{seed}", dict(cell.coords), cell.comparator, seed, cfg,
                  where=cell.where)

@@ -5,8 +5,9 @@ Everything is read from what the sweep left behind (``sweep.yaml`` and the conso
 and parameter count, corpus and tokens, steps, batch, data-parallel workers and global batch,
 sequence length, seeds, how many trials ran,
 were deduplicated or excluded, the package versions and devices of the trials, and their wall
-time, and the pretrained base they fine-tuned (``pretrain.json``). The git commit is that of the code doing the aggregation (its source folder, else the
-working directory), taken when git and a repository are there, else left empty.
+time, and the pretrained base they fine-tuned (``pretrain.json``). The git commit is that of the
+code doing the aggregation (its source folder, else the working directory), taken when git and a
+repository are there, else left empty.
 
 The record is written with its scale gap to GPT-2 small (``orchestrator.analysis.paper.scale_gap``).
 """

@@ -195,12 +195,12 @@ def batch_lines(trials: list[Trial]) -> list[str]:
 
 
 def _with_base_shape(spec: SweepSpec, cfg):
-    """A fine-tuning trial's config with the shape of its pretrained base (a dry run loads no model)."""
+    """A fine-tuning trial's config as its pretrained base's tiny model (a dry run loads no model;
+    the shape and vocabulary are already the base's, spec.sweep_keys)."""
     stage = pretrain_stage(spec)
     if stage is None or cfg.model.name == "tiny":
         return cfg
-    return cfg.model_copy(update={"model": stage.config.model,
-                                  "data": cfg.data.model_copy(update={"vocab_size": stage.config.data.vocab_size})})
+    return cfg.model_copy(update={"model": stage.config.model})
 
 
 def pretrain_lines(spec: SweepSpec) -> list[str]:

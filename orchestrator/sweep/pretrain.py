@@ -48,7 +48,7 @@ def ensure(spec: SweepSpec, source: str, sweep_uri: str, log, fit, prepare, drai
         return None
     uri = stage.spec.uri
     trials = expand(stage.spec, f"{source}: pretrain")
-    todo = [t for t in trials if _state(uri, t) == "todo"]
+    todo = [t for t in trials if _state(uri, t) == "todo"]  # (read again after training)
     reused = not todo  # there before this sweep started (a resume keeps what its first driver found)
     if io.exists(layout.pretrain_file(sweep_uri)):
         reused = json.loads(io.read_text(layout.pretrain_file(sweep_uri))).get("reused", reused)
@@ -71,7 +71,8 @@ def ensure(spec: SweepSpec, source: str, sweep_uri: str, log, fit, prepare, drai
         log(f"[pretrain] base {stage.key} done in {time.time() - t0:.0f}s")
     else:
         log(f"[pretrain] base {stage.key}: reusing {uri} (pretrained before, by this or another sweep)")
-    bad = {t.trial_id: _state(uri, t) for t in trials if _state(uri, t) != "ready"}
+    states = {t.trial_id: _state(uri, t) for t in trials}
+    bad = {tid: why for tid, why in states.items() if why != "ready"}
     if bad:
         tid, why = next(iter(bad.items()))
         folder = layout.trial_dir(uri, tid)
